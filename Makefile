@@ -1,0 +1,46 @@
+# Keydesk developer commands. `make run` serves the portal and API; `make test` runs everything.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export KEYDESK_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+export KEYDESK_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test lint format clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed; on Debian: apt-get install python3-venv"; exit 1; }
+	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install --quiet -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import flask, flask_login, flask_wtf, flask_sqlalchemy, flask_migrate, argon2, flask_limiter, psycopg, pytest"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: $(STAMP)
+	$(BIN)/flask --app app db upgrade
+	@echo
+	@echo "  Keydesk is starting at http://$(HOST):$(PORT)"
+	@echo "  Sign in: open http://$(HOST):$(PORT)/register and create your organization"
+	@echo "  (you become its admin), or create a user from the command line:"
+	@echo "    $(BIN)/flask --app app users create you@example.com --password '...' --tenant acme --admin"
+	@echo
+	$(BIN)/flask --app app run --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""Keydesk: a self-hosted API key service. `create_app()` is the WSGI factory."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.config import load_config
+from app.extensions import csrf, db, limiter, login_manager, migrate
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder="../templates",
+        static_folder="../static",
+    )
+    app.config.update(load_config(app.instance_path))
+    if config:
+        app.config.update(config)
+
+    hops = app.config["KEYDESK_TRUSTED_PROXIES"]
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
+    csrf.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please sign in to continue."
+    login_manager.session_protection = "basic"
+
+    from app.accounts.service import load_user
+    from app.database import configure_engine
+
+    login_manager.user_loader(load_user)
+    with app.app_context():
+        configure_engine(db.engine)
+
+    from app import web
+
+    web.init_app(app)
+
+    from app.admin import bp as admin_bp
+    from app.api import init_app as init_api
+    from app.auth import bp as auth_bp
+    from app.portal import bp as portal_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(portal_bp)
+    app.register_blueprint(admin_bp)
+    init_api(app)
+
+    from app.cli import register_cli
+
+    register_cli(app)
+    return app

@@ -1,0 +1,1 @@
+"""Accounts: passwords, tenants, users, members and tenant policy."""

@@ -1,0 +1,1 @@
+"""Admin pages (filled in by the tenant-admin work)."""

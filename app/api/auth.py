@@ -1,0 +1,100 @@
+"""Bearer authentication for /api/v1 views: `@require_scopes(...)` and `g.key`.
+
+The per-request work is Authenticator.authenticate (app/keys/authn.py) plus a
+few set operations; see DESIGN.md "The hot path".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import wraps
+
+from flask import current_app, g, request
+
+from app.errors import IpNotAllowed, ScopeMissing
+from app.keys import scopes as scope_rules
+from app.keys.authn import Authenticator, KeyContext, ip_allowed
+from app.keys.usage import UsageRecorder
+from app.net import client_ip
+
+
+class MissingToken(Exception):
+    """No Authorization header at all: 401 with a bare challenge (RFC 6750 section 3.1)."""
+
+
+class BadRequestToken(Exception):
+    """A malformed Authorization header, another scheme, or a key in the query string."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+def authenticator() -> Authenticator:
+    return current_app.extensions["keydesk.authenticator"]
+
+
+def usage() -> UsageRecorder:
+    return current_app.extensions["keydesk.usage"]
+
+
+def init_app(app) -> None:
+    from app.extensions import db
+
+    with app.app_context():
+        app.extensions["keydesk.authenticator"] = Authenticator(
+            db.engine, app.config["KEYDESK_KEY_PEPPER"].encode()
+        )
+    app.extensions["keydesk.usage"] = UsageRecorder()
+
+
+def bearer_token() -> str:
+    if "access_token" in request.args or "api_key" in request.args or "key" in request.args:
+        raise BadRequestToken("Send the API key in the Authorization header, not the URL")
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise MissingToken()
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise BadRequestToken("Use the Bearer authorization scheme")
+    token = token.strip()
+    if not token or " " in token:
+        raise BadRequestToken("Malformed Authorization header")
+    return token
+
+
+def authenticate_request() -> KeyContext:
+    """Authenticate once per request (cached on g); raise the domain error otherwise."""
+    ctx = g.get("key")
+    if ctx is not None:
+        return ctx
+    now = int(time.time())
+    ctx = authenticator().authenticate(bearer_token(), now=now)
+    ip = client_ip()
+    if not ip_allowed(ctx.allowed_ips, ip):
+        raise IpNotAllowed()
+    g.key = ctx
+    recorder = usage()
+    if recorder.note(ctx, ip, now):
+        recorder.flush(ctx, now)
+    return ctx
+
+
+def require_scopes(*needed: str) -> Callable:
+    """Decorator: a valid key holding every scope in `needed` (admin:all satisfies any).
+
+    A client key is unscoped: it passes every scope check.
+    """
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            ctx = authenticate_request()
+            if needed and not ctx.is_client and not scope_rules.satisfies(ctx.scopes, needed):
+                raise ScopeMissing(needed)
+            return view(*args, **kwargs)
+
+        wrapper.required_scopes = needed  # read by the OpenAPI generator
+        return wrapper
+
+    return decorator

@@ -1,0 +1,26 @@
+from flask_wtf import FlaskForm
+from wtforms import EmailField, PasswordField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+
+
+class RegisterForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField(
+        "Password",
+        validators=[DataRequired(), Length(min=12, max=128, message="Use 12 to 128 characters")],
+        description="At least 12 characters; not your email; not a common password.",
+    )
+    confirm = PasswordField(
+        "Confirm password",
+        validators=[DataRequired(), EqualTo("password", message="The passwords do not match")],
+    )
+    organization = StringField(
+        "Organization",
+        validators=[DataRequired(), Length(max=200)],
+        description="Your team or company; you become its admin.",
+    )

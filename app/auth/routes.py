@@ -1,0 +1,105 @@
+"""Sign-up, sign-in and sign-out."""
+
+from urllib.parse import urlsplit
+
+from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from app.accounts import service as accounts
+from app.auth import bp
+from app.auth.forms import LoginForm, RegisterForm
+from app.clock import utcnow
+from app.errors import InvalidInput
+from app.extensions import db, limiter
+from app.net import client_ip
+from app.web_actor import request_actor
+
+GENERIC_LOGIN_ERROR = "Incorrect email or password."
+
+
+def safe_next(target: str | None) -> str:
+    """Only a same-site path: no scheme, no host, no protocol-relative //evil."""
+    if not target:
+        return url_for("portal.keys")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return url_for("portal.keys")
+    if "\\" in target:
+        return url_for("portal.keys")
+    return target
+
+
+def _login_limit() -> str:
+    return current_app.config["KEYDESK_LOGIN_RATE_LIMIT"]
+
+
+def _login_account_key() -> str:
+    return "login-account:" + (request.form.get("email") or "").strip().lower()[:254]
+
+
+def _start_session(user) -> None:
+    session.clear()  # a fresh session on sign-in: no fixation, no stale flashes
+    login_user(user)
+
+
+@bp.route("/register", methods=["GET", "POST"])
+@limiter.limit(_login_limit, methods=["POST"], key_func=client_ip)
+def register():
+    if not current_app.config["KEYDESK_ALLOW_REGISTRATION"]:
+        return render_template("auth/register_closed.html"), 403
+    if current_user.is_authenticated:
+        return redirect(url_for("portal.keys"))
+    form = RegisterForm()
+    if form.validate_on_submit():
+        try:
+            user = accounts.register(
+                email=form.email.data,
+                password=form.password.data,
+                organization=form.organization.data,
+                now=utcnow(),
+                actor=request_actor(form.email.data.strip().lower(), "user"),
+            )
+        except InvalidInput as exc:
+            db.session.rollback()
+            getattr(form, exc.field or "email").errors.append(str(exc))
+        else:
+            db.session.commit()
+            _start_session(user)
+            flash(f"Welcome! Your organization {user.tenant.name} is ready.", "success")
+            return redirect(url_for("portal.keys"))
+    return render_template("auth/register.html", form=form), 400 if form.errors else 200
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(_login_limit, methods=["POST"], key_func=client_ip)
+@limiter.limit(_login_limit, methods=["POST"], key_func=_login_account_key)
+def login():
+    if current_user.is_authenticated and request.method == "GET":
+        return redirect(safe_next(request.args.get("next")))
+    form = LoginForm()
+    error = None
+    if form.validate_on_submit():
+        user = accounts.authenticate(
+            email=form.email.data,
+            password=form.password.data,
+            now=utcnow(),
+            actor=request_actor(),
+        )
+        db.session.commit()  # the audit event of a failure is kept too
+        if user is not None:
+            _start_session(user)
+            return redirect(safe_next(request.args.get("next") or request.form.get("next")))
+        error = GENERIC_LOGIN_ERROR
+    elif request.method == "POST":
+        error = GENERIC_LOGIN_ERROR if not form.csrf_token.errors else None
+    status = 401 if error else (400 if form.errors else 200)
+    return render_template("auth/login.html", form=form, error=error), status
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    logout_user()
+    session.clear()
+    flash("You are signed out.", "info")
+    return redirect(url_for("auth.login"))

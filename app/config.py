@@ -1,0 +1,63 @@
+"""Configuration from KEYDESK_* environment variables, with secrets kept in instance/.
+
+Environment first; a secret that is not in the environment is generated once
+into instance/ with mode 0600 so restarts and multiple workers share it.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in TRUE_WORDS
+
+
+def instance_secret(instance_path: str, name: str) -> str:
+    """Read instance/<name>, creating it (0600, 256 random bits) on first use."""
+    path = Path(instance_path) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
+    env = os.environ if env is None else env
+    database_url = env.get("KEYDESK_DATABASE_URL") or (
+        f"sqlite:///{Path(instance_path) / 'keydesk.sqlite3'}"
+    )
+    prefix = env.get("KEYDESK_KEY_PREFIX", "kd")
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SECRET_KEY": env.get("KEYDESK_SECRET_KEY") or instance_secret(instance_path, "secret_key"),
+        "KEYDESK_KEY_PEPPER": env.get("KEYDESK_KEY_PEPPER")
+        or instance_secret(instance_path, "key_pepper"),
+        "KEYDESK_KEY_PREFIX": prefix,
+        "RATELIMIT_STORAGE_URI": env.get("KEYDESK_RATELIMIT_STORAGE_URI", "memory://"),
+        "KEYDESK_API_RATE_LIMIT": env.get("KEYDESK_API_RATE_LIMIT", "600 per minute"),
+        "KEYDESK_AUTH_FAILURE_LIMIT": env.get("KEYDESK_AUTH_FAILURE_LIMIT", "60 per minute"),
+        "KEYDESK_LOGIN_RATE_LIMIT": env.get("KEYDESK_LOGIN_RATE_LIMIT", "10 per minute"),
+        "KEYDESK_TRUSTED_PROXIES": int(env.get("KEYDESK_TRUSTED_PROXIES", "0") or 0),
+        "KEYDESK_ALLOW_REGISTRATION": _bool(env.get("KEYDESK_ALLOW_REGISTRATION", "true")),
+        "KEYDESK_MAIL_URL": env.get("KEYDESK_MAIL_URL", ""),
+        "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
+        # argon2id parameters (RFC 9106 second recommendation); tests lower them.
+        "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
+        "MAX_CONTENT_LENGTH": 64 * 1024,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        "RATELIMIT_SWALLOW_ERRORS": True,
+    }

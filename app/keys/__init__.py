@@ -1,0 +1,1 @@
+"""The key domain: format, issuing and revoking, and the hot authentication path."""

@@ -1,0 +1,89 @@
+"""Key format: `<prefix>_<key id>_<secret><checksum>`, all base62 after the prefix.
+
+- key id: 12 base62 characters (71 bits), public, the indexed lookup handle;
+- secret: 32 base62 characters (190 bits) from `secrets`;
+- checksum: CRC32 of everything before it, 6 base62 characters, so a mistyped or
+  random string is refused without any I/O (and secret scanners can validate hits).
+
+Only HMAC-SHA256(pepper, secret) is stored. Secrets are high-entropy, so a fast
+keyed digest is enough: a slow password hash would cap the API at a few calls a second.
+"""
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from typing import NamedTuple
+
+from app.errors import KeyInvalid
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_ID_LENGTH = 12
+SECRET_LENGTH = 32
+CHECKSUM_LENGTH = 6  # 62**6 > 2**32
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+_TAIL_RE = re.compile(
+    rf"^[0-9A-Za-z]{{{KEY_ID_LENGTH}}}_[0-9A-Za-z]{{{SECRET_LENGTH + CHECKSUM_LENGTH}}}$"
+)
+MAX_TOKEN_LENGTH = 16 + 1 + KEY_ID_LENGTH + 1 + SECRET_LENGTH + CHECKSUM_LENGTH
+
+
+def scanner_regex(prefix: str = "kd") -> str:
+    """The pattern README gives secret scanners."""
+    return (
+        rf"\b{re.escape(prefix)}_[0-9A-Za-z]{{{KEY_ID_LENGTH}}}"
+        rf"_[0-9A-Za-z]{{{SECRET_LENGTH + CHECKSUM_LENGTH}}}\b"
+    )
+
+
+class ParsedKey(NamedTuple):
+    prefix: str
+    key_id: str
+    secret: str
+
+
+def _base62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        chars.append(ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def _random_base62(length: int) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
+def checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def new_key_id() -> str:
+    return _random_base62(KEY_ID_LENGTH)
+
+
+def new_secret() -> str:
+    return _random_base62(SECRET_LENGTH)
+
+
+def assemble(prefix: str, key_id: str, secret: str) -> str:
+    body = f"{prefix}_{key_id}_{secret}"
+    return body + checksum(body)
+
+
+def parse(token: str) -> ParsedKey:
+    """Split and checksum-check a full key without any I/O; raise KeyInvalid otherwise."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise KeyInvalid()
+    prefix, sep, tail = token.partition("_")
+    if not sep or not PREFIX_RE.match(prefix) or not _TAIL_RE.match(tail):
+        raise KeyInvalid()
+    body, given = token[:-CHECKSUM_LENGTH], token[-CHECKSUM_LENGTH:]
+    if not hmac.compare_digest(checksum(body), given):
+        raise KeyInvalid()
+    return ParsedKey(prefix, tail[:KEY_ID_LENGTH], tail[KEY_ID_LENGTH + 1 : -CHECKSUM_LENGTH])
+
+
+def digest(pepper: bytes, secret: str) -> bytes:
+    return hmac.new(pepper, secret.encode("ascii"), hashlib.sha256).digest()

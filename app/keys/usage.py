@@ -1,0 +1,154 @@
+"""Last-used tracking and per-day request counts without a write per request.
+
+Each worker counts requests in memory. The row the hot path already read says
+when the key was last recorded; only when that is a minute old does this worker
+try one conditional UPDATE (`... WHERE last_used_at <= now - 60`). Of all workers,
+at most one wins each minute, and the winner also flushes its buffered counts
+and addresses. Losers keep their buffer for a later minute. So the database sees
+at most one write transaction per key per minute, whatever the request rate.
+Counts still buffered when a worker exits are flushed by an atexit hook where
+possible; a killed worker loses at most its last minute of counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app import audit
+from app.audit import Actor
+from app.extensions import db
+from app.keys.authn import KeyContext
+from app.models import ApiKey, KeyIpSeen, KeyUsageDaily
+
+INTERVAL = 60  # seconds between recorded uses of one key
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    counts: Counter = field(default_factory=Counter)  # date -> requests
+    ips: dict[str, int] = field(default_factory=dict)  # ip -> last seen (unix)
+    last_ip: str | None = None
+    last_used: int = 0
+
+
+class UsageRecorder:
+    def __init__(self) -> None:
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def note(self, ctx: KeyContext, ip: str, now: int) -> bool:
+        """Count one request; True when this key is due for a database write."""
+        with self._lock:
+            pending = self._pending.get(ctx.pk)
+            if pending is None:
+                pending = self._pending[ctx.pk] = _Pending()
+            pending.counts[datetime.fromtimestamp(now, UTC).date()] += 1
+            pending.ips[ip] = now
+            pending.last_ip = ip
+            pending.last_used = now
+        return ctx.last_used_at is None or now - ctx.last_used_at >= INTERVAL
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return sum(sum(p.counts.values()) for p in self._pending.values())
+
+    def flush(self, ctx: KeyContext, now: int) -> bool:
+        """Try to record this key's buffered use. Returns True when this worker won the minute."""
+        with self._lock:
+            pending = self._pending.pop(ctx.pk, None)
+        if pending is None:
+            return False
+        try:
+            won = _write(ctx, pending, now)
+        except Exception:  # a failed bookkeeping write must not fail the API call
+            db.session.rollback()
+            log.warning("could not record usage of key %s", ctx.key_id, exc_info=True)
+            won = False
+        if not won:
+            self._merge_back(ctx.pk, pending)
+        return won
+
+    def _merge_back(self, pk: int, pending: _Pending) -> None:
+        with self._lock:
+            current = self._pending.setdefault(pk, _Pending())
+            current.counts.update(pending.counts)
+            for ip, seen in pending.ips.items():
+                current.ips[ip] = max(seen, current.ips.get(ip, 0))
+            current.last_ip = current.last_ip or pending.last_ip
+            current.last_used = max(current.last_used, pending.last_used)
+
+
+def _upsert(model, values: dict, index: list[str], set_: dict):
+    dialect = db.session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(model).values(**values)
+    return stmt.on_conflict_do_update(index_elements=index, set_=set_(stmt.excluded))
+
+
+def _write(ctx: KeyContext, pending: _Pending, now: int) -> bool:
+    when = datetime.fromtimestamp(pending.last_used or now, UTC)
+    result = db.session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == ctx.pk)
+        .where(
+            (ApiKey.last_used_at.is_(None))
+            | (ApiKey.last_used_at <= datetime.fromtimestamp(now - INTERVAL, UTC))
+        )
+        .values(last_used_at=when, last_used_ip=pending.last_ip)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        return False
+    for day, count in pending.counts.items():
+        db.session.execute(
+            _upsert(
+                KeyUsageDaily,
+                {"api_key_id": ctx.pk, "day": day, "count": count},
+                ["api_key_id", "day"],
+                lambda excluded: {"count": KeyUsageDaily.count + excluded.count},
+            )
+        )
+    known = set(
+        db.session.execute(select(KeyIpSeen.ip).where(KeyIpSeen.api_key_id == ctx.pk)).scalars()
+    )
+    for ip, seen in pending.ips.items():
+        seen_at = datetime.fromtimestamp(seen, UTC)
+        db.session.execute(
+            _upsert(
+                KeyIpSeen,
+                {"api_key_id": ctx.pk, "ip": ip, "first_seen_at": seen_at, "last_seen_at": seen_at},
+                ["api_key_id", "ip"],
+                lambda excluded: {"last_seen_at": excluded.last_seen_at},
+            )
+        )
+        if ip not in known:
+            audit.record(
+                "key.used_from_new_ip",
+                actor=Actor("key", ctx.key_id, ip),
+                now=seen_at,
+                tenant_id=ctx.tenant_id,
+                target_type="key",
+                target=ctx.key_id,
+                first_use=not known,
+            )
+    db.session.commit()
+    return True
+
+
+def usage_by_day(*, api_key_pk: int, days: list[date]) -> dict[date, int]:
+    rows = db.session.execute(
+        select(KeyUsageDaily.day, KeyUsageDaily.count).where(
+            KeyUsageDaily.api_key_id == api_key_pk, KeyUsageDaily.day >= days[0]
+        )
+    ).all()
+    found = {day: count for day, count in rows}
+    return {day: found.get(day, 0) for day in days}

@@ -1,0 +1,215 @@
+"""The tables. Times are stored as Unix seconds (BIGINT) and surface in Python as
+timezone-aware UTC datetimes through UnixTime.
+
+Why integers rather than TIMESTAMP WITH TIME ZONE: SQLite has no time zone type
+(SQLAlchemy hands back naive datetimes there), and the API authentication hot path
+reads rows with a raw DBAPI cursor on both databases; integers compare the same
+everywhere without parsing, and the JSON API speaks Unix seconds anyway.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from flask_login import UserMixin
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.clock import from_unix, to_unix
+from app.extensions import db
+
+
+class UnixTime(TypeDecorator):
+    """Aware UTC datetime in Python, integer Unix seconds in the database."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> int | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UnixTime column")
+        return to_unix(value)
+
+    def process_result_value(self, value: int | None, dialect) -> datetime | None:
+        return from_unix(value)
+
+
+class Tenant(db.Model):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    # Policy (defaults: no maximum lifetime, expiry optional, members may grant every scope).
+    max_key_lifetime_days: Mapped[int] = mapped_column(Integer, default=0)  # 0 = no maximum
+    require_expiry: Mapped[bool] = mapped_column(Boolean, default=False)
+    member_scopes: Mapped[str | None] = mapped_column(Text)  # space-separated; NULL = all
+
+    users: Mapped[list[User]] = relationship(back_populates="tenant")
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)  # stored lowercased
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="member")  # "admin" | "member"
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    deactivated_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    # Bumped on deactivation and password change; part of the login session id so
+    # that old sessions stop working at once.
+    session_version: Mapped[int] = mapped_column(Integer, default=1)
+
+    tenant: Mapped[Tenant] = relationship(back_populates="users")
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users
+        return self.deactivated_at is None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_version}"
+
+
+class ApiKey(db.Model):
+    """A user key (user_id and tenant_id set) or a client key (both NULL).
+
+    Revocation and rotation both set revoked_at: a rotated key gets a revoked_at
+    in the future (the end of its grace period) so the hot path decides
+    revoked / in grace from one column.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)  # public handle
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))  # HMAC-SHA256(pepper, secret)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(8), default="user")  # "user" | "client"
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    scopes: Mapped[str] = mapped_column(Text, default="")  # space-separated
+    allowed_ips: Mapped[str | None] = mapped_column(Text)  # space-separated CIDRs; NULL = any
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    created_by: Mapped[str | None] = mapped_column(String(300))  # actor label, e.g. "cli"
+    expires_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    # "revoked" | "rotated" | "leaked" | "member_deactivated" | "incident"
+    revoke_reason: Mapped[str | None] = mapped_column(String(32))
+    revoked_by: Mapped[str | None] = mapped_column(String(300))
+    rotated_from: Mapped[str | None] = mapped_column(String(32))  # key_id of the predecessor
+    rotated_to: Mapped[str | None] = mapped_column(String(32))  # key_id of the successor
+    last_used_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    last_used_ip: Mapped[str | None] = mapped_column(String(64))
+    reminded_at: Mapped[datetime | None] = mapped_column(UnixTime)  # last expiry reminder
+
+    user: Mapped[User | None] = relationship()
+    tenant: Mapped[Tenant | None] = relationship()
+
+    __table_args__ = (
+        Index("ix_api_keys_tenant_created", "tenant_id", "created_at"),
+        Index("ix_api_keys_tenant_expires", "tenant_id", "expires_at"),
+        Index("ix_api_keys_tenant_last_used", "tenant_id", "last_used_at"),
+        Index("ix_api_keys_tenant_revoked", "tenant_id", "revoked_at"),
+    )
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()
+
+
+class KeyUsageDaily(db.Model):
+    """Requests per key per UTC day, flushed from in-process counters (no write per request)."""
+
+    __tablename__ = "key_usage_daily"
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class KeyIpSeen(db.Model):
+    """Addresses a key was used from, for the key page and the "first use from a new IP" event."""
+
+    __tablename__ = "key_ips_seen"
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UnixTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UnixTime)
+
+
+class AuditEvent(db.Model):
+    """Append-only and tamper-evident: `hash` = SHA-256 over `prev_hash` and this row's fields."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"))
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    action: Mapped[str] = mapped_column(String(64))  # e.g. "key.issued", "auth.login_failed"
+    actor_type: Mapped[str] = mapped_column(String(16))  # "user" | "key" | "cli" | "anonymous"
+    actor: Mapped[str] = mapped_column(String(300))  # email, key id or "cli"
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    target_type: Mapped[str | None] = mapped_column(String(32))  # "key" | "user" | "policy" | ...
+    target: Mapped[str | None] = mapped_column(String(300))
+    details: Mapped[str] = mapped_column(Text, default="{}")  # canonical JSON, never a secret
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),
+        Index("ix_audit_events_tenant_action", "tenant_id", "action"),
+        Index("ix_audit_events_target", "target_type", "target"),
+    )
+
+
+class Resource(db.Model):
+    """The demo domain behind /api/v1/resources."""
+
+    __tablename__ = "resources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    created_by: Mapped[str | None] = mapped_column(String(300))
+
+
+class Invite(db.Model):
+    """A single-use invitation; only SHA-256 of the token is stored."""
+
+    __tablename__ = "invites"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    email: Mapped[str] = mapped_column(String(254))
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    expires_at: Mapped[datetime] = mapped_column(UnixTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UnixTime)
+
+    tenant: Mapped[Tenant] = relationship()

@@ -1,0 +1,161 @@
+"""The signed-in pages: your keys, a new key (shown once), details, revoke, rotate."""
+
+from datetime import timedelta
+
+from flask import abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from app.accounts import policy
+from app.clock import utcnow
+from app.errors import Conflict, InvalidInput, NotFound, PolicyViolation
+from app.extensions import db
+from app.keys import service as keys
+from app.keys.authn import validate_allowed_ips
+from app.keys.history import key_events, recent_ips
+from app.keys.usage import usage_by_day
+from app.portal import bp
+from app.portal.forms import ConfirmForm, NewKeyForm, RotateForm
+from app.web_actor import request_actor
+
+
+@bp.before_request
+@login_required
+def _signed_in() -> None:
+    """Every page of this blueprint needs a signed-in user."""
+
+
+@bp.get("/")
+def index():
+    return redirect(url_for("portal.keys"))
+
+
+def _own_key(key_id: str):
+    try:
+        return keys.get_user_key(user=current_user, key_id=key_id)
+    except NotFound:
+        abort(404)
+
+
+def _reveal(row, full_key: str, *, rotated_from=None):
+    """The one response that holds a secret: rendered, never redirected, never cached."""
+    response = render_template(
+        "portal/reveal.html", key=row, full_key=full_key, rotated_from=rotated_from
+    )
+    return response, 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+@bp.get("/keys", endpoint="keys")
+def keys_list():
+    now = utcnow()
+    rows = keys.list_user_keys(user=current_user)
+    expiring = [
+        k
+        for k in rows
+        if keys.status_of(k, now) == "expiring" and k.expires_at is not None and not k.revoked_at
+    ]
+    return render_template(
+        "portal/keys.html",
+        keys=rows,
+        now=now,
+        status_of=keys.status_of,
+        expiring=expiring,
+        rotate_form=RotateForm(),
+    )
+
+
+@bp.route("/keys/new", methods=["GET", "POST"])
+def new_key():
+    tenant = current_user.tenant
+    form = NewKeyForm()
+    form.set_policy(policy.grantable_scopes(tenant, current_user), policy.expiry_choices(tenant))
+    if form.validate_on_submit():
+        try:
+            allowed_ips = validate_allowed_ips(form.allowed_ips.data or "")
+        except ValueError as exc:
+            form.allowed_ips.errors.append(str(exc))
+        else:
+            try:
+                row, full_key = keys.issue_key(
+                    user=current_user,
+                    name=form.name.data,
+                    scopes=form.scopes.data,
+                    expires_in_days=form.expires_in_days.data,
+                    allowed_ips=allowed_ips,
+                    now=utcnow(),
+                    actor=request_actor(),
+                )
+            except (InvalidInput, PolicyViolation) as exc:
+                db.session.rollback()
+                field = getattr(exc, "field", None) or "name"
+                if isinstance(exc, PolicyViolation):
+                    field = (
+                        "scopes"
+                        if "scope" in str(exc) or "grant" in str(exc)
+                        else ("expires_in_days")
+                    )
+                getattr(form, field).errors.append(str(exc))
+            else:
+                db.session.commit()
+                return _reveal(row, full_key)
+    status = 400 if form.errors else 200
+    return render_template("portal/new_key.html", form=form, tenant=tenant), status
+
+
+@bp.get("/keys/<key_id>")
+def key_detail(key_id: str):
+    key = _own_key(key_id)
+    now = utcnow()
+    today = now.date()
+    days = [today - timedelta(days=n) for n in range(29, -1, -1)]
+    return render_template(
+        "portal/key_detail.html",
+        key=key,
+        now=now,
+        status=keys.status_of(key, now),
+        usage=usage_by_day(api_key_pk=key.id, days=days),
+        events=key_events(key),
+        ips=recent_ips(key),
+        rotate_form=RotateForm(),
+        revoke_form=ConfirmForm(),
+    )
+
+
+@bp.post("/keys/<key_id>/revoke")
+def revoke(key_id: str):
+    key = _own_key(key_id)
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    try:
+        keys.revoke_key(key=key, now=utcnow(), actor=request_actor())
+    except Conflict as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+    else:
+        db.session.commit()
+        flash(f"Key “{key.name}” ({key.key_id}) is revoked. It no longer works.", "success")
+    return redirect(
+        request.form.get("back") == "detail"
+        and url_for("portal.key_detail", key_id=key.key_id)
+        or url_for("portal.keys")
+    )
+
+
+@bp.post("/keys/<key_id>/rotate")
+def rotate(key_id: str):
+    key = _own_key(key_id)
+    form = RotateForm()
+    if not form.validate_on_submit():
+        if form.csrf_token.errors:
+            abort(400)
+        flash("Grace period: " + "; ".join(form.grace_hours.errors), "error")
+        return redirect(url_for("portal.key_detail", key_id=key.key_id))
+    try:
+        new_row, full_key = keys.rotate_key(
+            key=key, grace_hours=form.grace_hours.data, now=utcnow(), actor=request_actor()
+        )
+    except (Conflict, PolicyViolation, InvalidInput) as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+        return redirect(url_for("portal.key_detail", key_id=key.key_id))
+    db.session.commit()
+    return _reveal(new_row, full_key, rotated_from=key)
