@@ -99,9 +99,9 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
             if proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {(tmp / 'gunicorn.log').read_text()}")
             try:
-                if requests.get(live.url + "/healthz", timeout=1).status_code == 200:
+                if requests.get(live.url + "/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still importing
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("gunicorn did not answer /healthz within 30 s")

@@ -86,7 +86,8 @@ def check_a11y(page: Page, axe: Path, where: str) -> None:
     """No serious or critical axe-core violation, in the light and the dark colour scheme."""
     problems = {}
     for scheme in ("light", "dark"):
-        page.emulate_media(color_scheme=scheme)
+        # Reduced motion: colour transitions would otherwise be caught half-way.
+        page.emulate_media(color_scheme=scheme, reduced_motion="reduce")
         found = _axe_violations(page, axe)
         if found:
             problems[scheme] = [
@@ -101,5 +102,5 @@ def check_a11y(page: Page, axe: Path, where: str) -> None:
                 }
                 for v in found
             ]
-    page.emulate_media(color_scheme="light")
+    page.emulate_media(color_scheme="light", reduced_motion="no-preference")
     assert not problems, f"axe on {where} ({page.url}):\n" + json.dumps(problems, indent=1)
