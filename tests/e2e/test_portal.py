@@ -95,6 +95,9 @@ def test_key_lifecycle(page, context, server, axe_path):
     page.goto("/keys")
     assert_no_secret(page, secret)
     expect(badge(page, key_id)).to_have_text("active")
+    created = page.locator("td[data-label=Created] time").first
+    expect(created).to_have_text("just now")  # relative, with the exact time on hover
+    expect(created).to_have_attribute("title", re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d UTC$"))
     check_a11y(page, axe_path, "key list")
 
     # Rotate with a two-hour grace: a new key, shown once; the old one still works.
