@@ -255,14 +255,20 @@ def test_without_javascript(new_context, axe_path):
     expect(page.locator("h1 .badge")).to_have_text("revoked")
 
 
-@pytest.mark.parametrize("path", ["/keys", "/keys/new", "/login"])
+@pytest.mark.parametrize("path", ["reveal", "/keys", "/keys/new", "key detail", "/login"])
 def test_phone_width_does_not_scroll_sideways(new_context, path):
     page = new_context(viewport={"width": 375, "height": 740}).new_page()
     register(page)
-    create_key(page, "a key with a rather long descriptive name", scopes=("api:read", "api:write"))
-    if path == "/login":
+    secret = create_key(
+        page, "a key with a rather long descriptive name", scopes=("api:read", "api:write")
+    )
+    if path == "key detail":
+        page.goto(f"/keys/{key_id_of(secret)}")
+    elif path == "/login":
         sign_out(page)
-    page.goto(path)
+        page.goto(path)
+    elif path != "reveal":
+        page.goto(path)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375, f"{path} is {width}px wide on a 375px phone"
 
