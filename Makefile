@@ -9,7 +9,7 @@ export KEYDESK_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean browser e2e
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -29,7 +29,30 @@ run: $(STAMP)
 	@echo
 	$(BIN)/flask --app app run --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# The e2e tests drive Debian's Chromium (never `playwright install`) and inject axe-core.
+CHROMIUM := /usr/bin/chromium
+AXE := node_modules/axe-core/axe.min.js
+
+browser: $(CHROMIUM) $(AXE)
+
+# apt-get as root, or through passwordless sudo; otherwise say what to run.
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	else echo "missing $(1): run 'apt-get install -y $(1)' as root (and no sudo here)"; exit 1; fi; \
+	$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1)
+
+$(CHROMIUM):
+	@$(call APT_INSTALL,chromium)
+
+$(AXE): package.json package-lock.json
+	@command -v npm >/dev/null || { $(call APT_INSTALL,npm); }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+e2e: $(STAMP) browser
+	$(BIN)/pytest tests/e2e
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -43,4 +66,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules

@@ -3,13 +3,21 @@
 document.addEventListener("DOMContentLoaded", () => {
   for (const button of document.querySelectorAll("button[data-copy-target]")) {
     const field = document.getElementById(button.dataset.copyTarget);
-    const status = button.parentElement.querySelector(".copy-status");
+    const box = button.closest(".secret-box") || button.parentElement;
+    const status = box.querySelector(".copy-status");
+    const label = button.textContent;
+    let timer;
     button.hidden = false;
     button.addEventListener("click", async () => {
+      clearTimeout(timer);
       try {
         await navigator.clipboard.writeText(field.value);
         status.textContent = "Copied to the clipboard.";
+        button.textContent = "Copied ✓";
+        timer = setTimeout(() => { button.textContent = label; }, 2500);
       } catch {
+        // Clipboard blocked (permissions, insecure origin): select it for Ctrl+C instead.
+        field.focus();
         field.select();
         status.textContent = "Press Ctrl+C (⌘C on a Mac) to copy the selected key.";
       }

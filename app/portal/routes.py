@@ -120,6 +120,18 @@ def key_detail(key_id: str):
     )
 
 
+@bp.get("/keys/<key_id>/revoke")
+def confirm_revoke(key_id: str):
+    """Revoking cannot be undone: confirm on a page of its own, which needs no JavaScript."""
+    key = _own_key(key_id)
+    return render_template(
+        "portal/confirm_revoke.html",
+        key=key,
+        status=keys.status_of(key, utcnow()),
+        form=ConfirmForm(),
+    )
+
+
 @bp.post("/keys/<key_id>/revoke")
 def revoke(key_id: str):
     key = _own_key(key_id)

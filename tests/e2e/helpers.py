@@ -1,0 +1,106 @@
+"""What a person does in the portal, as reusable steps, and the axe-core check."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import PASSWORD
+
+KEY_RE = re.compile(r"kd_[0-9A-Za-z]{12}_[0-9A-Za-z]{38}")
+_seq = itertools.count(1)
+
+
+def unique(word: str) -> str:
+    return f"{word}{next(_seq)}"
+
+
+def register(page: Page, email: str | None = None, organization: str | None = None) -> str:
+    email = email or f"{unique('dev')}@example.com"
+    page.goto("/register")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Confirm").fill(PASSWORD)
+    page.get_by_label("Organization").fill(organization or unique("Org "))
+    page.get_by_role("button", name="Create organization").click()
+    expect(page).to_have_url(re.compile(r"/keys$"))
+    return email
+
+
+def sign_in(page: Page, email: str, password: str = PASSWORD) -> None:
+    page.goto("/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/keys$"))
+
+
+def sign_out(page: Page) -> None:
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/login"))
+
+
+def create_key(page: Page, name: str, scopes=("api:read",), expires: str = "90 days") -> str:
+    """Fill the new-key form; returns the secret from the reveal-once page."""
+    page.goto("/keys/new")
+    page.get_by_label("Name").fill(name)
+    for scope in scopes:
+        page.locator(f"input[name=scopes][value='{scope}']").check()
+    page.get_by_label("Expires in").select_option(label=expires)
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-key-secret").input_value()
+    assert KEY_RE.fullmatch(secret), secret
+    return secret
+
+
+def key_id_of(secret: str) -> str:
+    return secret.split("_")[1]
+
+
+def assert_no_secret(page: Page, *secrets: str) -> None:
+    """Neither the rendered page nor its HTML holds any part of a secret."""
+    html = page.content()
+    for secret in secrets:
+        tail = secret.rsplit("_", 1)[1]
+        assert tail not in html, f"secret shown on {page.url}"
+
+
+AXE_SERIOUS = ("serious", "critical")
+
+
+def _axe_violations(page: Page, axe: Path) -> list[dict]:
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        # Evaluated through the DevTools protocol, so the page's CSP does not block it.
+        page.evaluate(axe.read_text(encoding="utf-8"))
+    result = page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+    )
+    return [v for v in result if v.get("impact") in AXE_SERIOUS]
+
+
+def check_a11y(page: Page, axe: Path, where: str) -> None:
+    """No serious or critical axe-core violation, in the light and the dark colour scheme."""
+    problems = {}
+    for scheme in ("light", "dark"):
+        # Reduced motion: colour transitions would otherwise be caught half-way.
+        page.emulate_media(color_scheme=scheme, reduced_motion="reduce")
+        found = _axe_violations(page, axe)
+        if found:
+            problems[scheme] = [
+                {
+                    "rule": v["id"],
+                    "impact": v["impact"],
+                    "help": v["help"],
+                    "nodes": [
+                        {"target": n["target"], "summary": n.get("failureSummary", "")}
+                        for n in v["nodes"][:5]
+                    ],
+                }
+                for v in found
+            ]
+    page.emulate_media(color_scheme="light", reduced_motion="no-preference")
+    assert not problems, f"axe on {where} ({page.url}):\n" + json.dumps(problems, indent=1)
