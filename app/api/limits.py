@@ -170,6 +170,16 @@ def init_app(app: Flask) -> None:
     from app.api.errors import error_response
 
     app.extensions["keydesk.ratelimit_fallback"] = _Fallback()
+    # A typo in a limit must stop the app at start, not turn every API call into a 500.
+    for name, default in (
+        ("KEYDESK_API_RATE_LIMIT", None),
+        ("KEYDESK_AUTH_FAILURE_LIMIT", None),
+        ("KEYDESK_LEAK_REPORT_LIMIT", DEFAULT_LEAK_REPORT_LIMIT),
+    ):
+        try:
+            _parse(app.config.get(name) or default)
+        except ValueError as exc:
+            raise ValueError(f"{name}: not a rate limit ({exc})") from None
 
     @app.errorhandler(RateLimited)
     def _rate_limited(exc: RateLimited):
