@@ -205,3 +205,18 @@ def test_unexpected_failure_is_500_json_without_details(app, client, user, monke
 def test_ping_needs_no_key(client):
     response = client.get("/api/v1/ping")
     assert response.status_code == 200 and response.json == {"pong": True}
+
+
+def test_options_is_json_too(client):
+    response = client.options("/api/v1/me")
+    assert response.status_code == 200 and response.is_json
+    assert "GET" in response.json["allow"]
+
+
+def test_non_json_body_on_a_bodiless_post_is_415(app, client, user):
+    key = issue_key(app, scopes=("keys:write",))
+    response = client.post(
+        "/api/v1/tenant/acme/api-keys/abc/revoke", data="x", content_type="text/plain",
+        headers=bearer(key),
+    )  # fmt: skip
+    assert response.status_code == 415 and response.is_json

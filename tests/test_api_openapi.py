@@ -38,9 +38,11 @@ CHECKS = (
 @pytest.fixture
 def app_config() -> dict:
     # Hundreds of generated requests from one key and address: keep the limits out of the way.
+    many = "100000 per minute"
     return {
-        "KEYDESK_API_RATE_LIMIT": "100000 per minute",
-        "KEYDESK_AUTH_FAILURE_LIMIT": "100000 per minute",
+        "KEYDESK_API_RATE_LIMIT": many,
+        "KEYDESK_AUTH_FAILURE_LIMIT": many,
+        "KEYDESK_LEAK_REPORT_LIMIT": many,
     }
 
 
