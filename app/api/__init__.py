@@ -8,9 +8,21 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
 def init_app(app: Flask) -> None:
-    from app.api import auth, errors, routes  # noqa: F401  (registers views and handlers)
+    # Importing registers the views and handlers on `bp`.
+    from app.api import (  # noqa: F401
+        admin,
+        auth,
+        errors,
+        keys,
+        limits,
+        openapi,
+        resources,
+        routes,
+        verify,
+    )
 
     csrf.exempt(bp)  # bearer tokens, not cookies: CSRF does not apply
     app.register_blueprint(bp)
     errors.init_app(app)
+    limits.init_app(app)
     auth.init_app(app)

@@ -12,6 +12,7 @@ from functools import wraps
 
 from flask import current_app, g, request
 
+from app.api import limits
 from app.errors import IpNotAllowed, ScopeMissing
 from app.keys import scopes as scope_rules
 from app.keys.authn import Authenticator, KeyContext, ip_allowed
@@ -69,11 +70,13 @@ def authenticate_request() -> KeyContext:
     if ctx is not None:
         return ctx
     now = int(time.time())
+    limits.check_auth_failures()  # rate-limit hook: an address over its failure budget gets 429
     ctx = authenticator().authenticate(bearer_token(), now=now)
     ip = client_ip()
     if not ip_allowed(ctx.allowed_ips, ip):
         raise IpNotAllowed()
     g.key = ctx
+    limits.check_key(ctx)  # rate-limit hook: per key id (app/api/limits.py)
     recorder = usage()
     if recorder.note(ctx, ip, now):
         recorder.flush(ctx, now)

@@ -157,8 +157,18 @@ def issue_client_key(*, name: str, now: datetime, actor: Actor) -> tuple[ApiKey,
     return row, full_key
 
 
-def revoke_key(*, key: ApiKey, now: datetime, actor: Actor, reason: str = "revoked") -> None:
-    """Revoke at once (also ends a rotation grace period). Conflict if already revoked."""
+def revoke_key(
+    *,
+    key: ApiKey,
+    now: datetime,
+    actor: Actor,
+    reason: str = "revoked",
+    details: dict | None = None,
+) -> None:
+    """Revoke at once (also ends a rotation grace period). Conflict if already revoked.
+
+    details: extra fields for the audit event (e.g. a leak report's source_url).
+    """
     result = db.session.execute(
         update(ApiKey)
         .where(ApiKey.id == key.id)
@@ -178,6 +188,7 @@ def revoke_key(*, key: ApiKey, now: datetime, actor: Actor, reason: str = "revok
         target=key.key_id,
         name=key.name,
         reason=reason,
+        **(details or {}),
     )
 
 

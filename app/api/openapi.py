@@ -1,0 +1,593 @@
+"""/api/v1/openapi.json: the OpenAPI 3.1 document of the JSON API, kept beside the code.
+
+tests/test_api_openapi.py checks that it is valid, that every /api/v1 route is in it, and
+runs schemathesis against the live app so the document and the behaviour cannot drift.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from flask import jsonify
+
+from app.api import bp
+from app.keys.scopes import ALL_SCOPES
+
+STATUSES = ["active", "expiring", "expired", "revoked", "rotated", "leaked"]
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+UNIX = {"type": "integer", "description": "Unix seconds"}
+UNIX_OR_NULL = {"type": ["integer", "null"], "description": "Unix seconds; null for never"}
+SCOPE = {"type": "string", "enum": list(ALL_SCOPES)}
+
+SCHEMAS: dict = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "error_description"],
+        "properties": {
+            "error": {
+                "type": "string",
+                "description": "invalid_request, invalid_token, insufficient_scope, forbidden,"
+                " not_found, conflict, policy_violation, rate_limited, ...",
+            },
+            "error_description": {"type": "string"},
+        },
+    },
+    "Key": {
+        "type": "object",
+        "required": ["id", "name", "scopes", "created_at", "expires_at", "last_used", "revoked"],
+        "properties": {
+            "id": {"type": "string", "description": "the public key id"},
+            "name": {"type": "string"},
+            "scopes": {"type": "array", "items": SCOPE},
+            "created_at": UNIX,
+            "expires_at": UNIX_OR_NULL,
+            "last_used": UNIX_OR_NULL,
+            "revoked": {"type": "boolean"},
+            "status": {"type": "string", "enum": STATUSES},
+            "allowed_ips": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "CIDR allow-list; null = any address",
+            },
+        },
+    },
+    "NewKey": {
+        "allOf": [
+            _ref("Key"),
+            {
+                "type": "object",
+                "required": ["api_key"],
+                "properties": {
+                    "api_key": {
+                        "type": "string",
+                        "description": "the full key; shown in this response only",
+                    }
+                },
+            },
+        ]
+    },
+    "AdminKey": {
+        "allOf": [
+            _ref("Key"),
+            {
+                "type": "object",
+                "required": ["owner", "status"],
+                "properties": {
+                    "owner": {"type": ["string", "null"], "description": "owner's email"},
+                    "status": {"type": "string", "enum": STATUSES},
+                },
+            },
+        ]
+    },
+    "KeyCreate": {
+        "type": "object",
+        "required": ["name", "scopes"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "scopes": {
+                "type": "array",
+                "items": SCOPE,
+                "minItems": 1,
+                "description": "a subset of the calling key's scopes (admin:all covers all)",
+            },
+            "expires_in_days": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 3650,
+                "default": 0,
+                "description": "0 = never (where tenant policy allows)",
+            },
+            "allowed_ips": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "maxItems": 50,
+                "description": "IPv4/IPv6 addresses or CIDR ranges the key may be used from",
+            },
+        },
+    },
+    "KeyRotate": {
+        "type": "object",
+        "properties": {
+            "grace_hours": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 168,
+                "default": 24,
+                "description": "how long the old key keeps working",
+            }
+        },
+    },
+    "RevokeResult": {
+        "type": "object",
+        "required": ["success", "message"],
+        "properties": {"success": {"const": True}, "message": {"type": "string"}},
+    },
+    "Me": {
+        "type": "object",
+        "required": ["key", "user", "tenant"],
+        "properties": {
+            "key": {
+                "type": "object",
+                "required": ["id", "name", "scopes", "created_at", "expires_at", "last_used"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "scopes": {"type": "array", "items": SCOPE},
+                    "created_at": UNIX,
+                    "expires_at": UNIX_OR_NULL,
+                    "last_used": UNIX_OR_NULL,
+                },
+            },
+            "user": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["email", "role"],
+                        "properties": {
+                            "email": {"type": "string"},
+                            "role": {"type": "string", "enum": ["admin", "member"]},
+                        },
+                    },
+                ],
+                "description": "null for a client key",
+            },
+            "tenant": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["slug", "name"],
+                        "properties": {"slug": {"type": "string"}, "name": {"type": "string"}},
+                    },
+                ],
+                "description": "null for a client key",
+            },
+        },
+    },
+    "Resource": {
+        "type": "object",
+        "required": ["id", "name", "type", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "type": {"type": "string"},
+            "created_at": UNIX,
+        },
+    },
+    "ResourceCreate": {
+        "type": "object",
+        "required": ["name", "type"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "type": {"type": "string", "minLength": 1, "maxLength": 64},
+        },
+    },
+    "VerifyRequest": {
+        "type": "object",
+        "required": ["key"],
+        "properties": {"key": {"type": "string", "description": "the full key to check"}},
+    },
+    "VerifyResult": {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["valid", "key_id", "owner", "tenant", "scopes", "expires_at"],
+                "properties": {
+                    "valid": {"const": True},
+                    "key_id": {"type": "string"},
+                    "owner": {"type": ["string", "null"], "description": "email; null: client"},
+                    "tenant": {"type": ["string", "null"], "description": "slug; null: client"},
+                    "scopes": {"type": "array", "items": SCOPE},
+                    "expires_at": UNIX_OR_NULL,
+                },
+            },
+            {
+                "type": "object",
+                "required": ["valid", "reason"],
+                "properties": {
+                    "valid": {"const": False},
+                    "reason": {"type": "string", "enum": ["invalid", "expired", "revoked"]},
+                },
+            },
+        ]
+    },
+    "LeakReport": {
+        "type": "object",
+        "properties": {
+            "key": {"type": "string", "description": "the leaked key"},
+            "source_url": {"type": "string", "description": "where it was found"},
+        },
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["accepted"],
+        "properties": {"accepted": {"const": True}, "message": {"type": "string"}},
+    },
+    "AuditEvent": {
+        "type": "object",
+        "properties": {
+            "id": {"type": ["integer", "string"]},
+            "created_at": UNIX,
+            "action": {"type": "string"},
+            "actor_type": {"type": "string"},
+            "actor": {"type": "string"},
+            "ip": {"type": ["string", "null"]},
+            "user_agent": {"type": ["string", "null"]},
+            "target_type": {"type": ["string", "null"]},
+            "target": {"type": ["string", "null"]},
+            "details": {"type": "object"},
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "required": ["events", "next_cursor"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("AuditEvent")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+}
+
+_RATE_HEADERS = {
+    name: {"schema": {"type": "string"}, "description": text}
+    for name, text in (
+        ("Retry-After", "seconds until the limit resets"),
+        ("X-RateLimit-Limit", "requests allowed in the window"),
+        ("X-RateLimit-Remaining", "requests left in the window"),
+        ("X-RateLimit-Reset", "Unix time the window resets"),
+        ("RateLimit-Limit", "requests allowed in the window"),
+        ("RateLimit-Remaining", "requests left in the window"),
+        ("RateLimit-Reset", "seconds until the window resets"),
+    )
+}
+_CHALLENGE = {
+    "WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": 'Bearer realm="keydesk" with error= (and scope= on 403), RFC 6750',
+    }
+}
+ERROR = _ref("Error")
+RESPONSES: dict = {
+    "BadRequest": _json(ERROR, "invalid_request (bad body, field or header) or policy_violation"),
+    "Unauthorized": {
+        **_json(ERROR, "no key (bare challenge) or invalid_token: unknown, expired, revoked"),
+        "headers": _CHALLENGE,
+    },
+    "Forbidden": {
+        **_json(ERROR, "insufficient_scope, or forbidden (IP allow-list, client key)"),
+        "headers": _CHALLENGE,
+    },
+    "NotFound": _json(ERROR, "not_found (also for another tenant's objects)"),
+    "Conflict": _json(ERROR, "conflict: already revoked or rotated"),
+    "TooLarge": _json(ERROR, "request_too_large: the body exceeds 64 KiB"),
+    "UnsupportedMediaType": _json(ERROR, "unsupported_media_type: send application/json"),
+    "RateLimited": {**_json(ERROR, "rate_limited"), "headers": _RATE_HEADERS},
+    "ServerError": _json(ERROR, "server_error (no details are exposed)"),
+    "Unavailable": _json(ERROR, "temporarily_unavailable: the database is down"),
+}
+
+
+def _errors(*codes: int) -> dict:
+    names = {
+        400: "BadRequest",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "NotFound",
+        409: "Conflict",
+        413: "TooLarge",
+        415: "UnsupportedMediaType",
+        429: "RateLimited",
+        500: "ServerError",
+        503: "Unavailable",
+    }
+    return {str(c): {"$ref": f"#/components/responses/{names[c]}"} for c in codes}
+
+
+AUTHED = (400, 401, 403, 429, 500, 503)
+BODY = (413, 415)
+
+
+def _op(
+    summary: str,
+    ok: dict,
+    *,
+    scopes: str | None = "",
+    errors: tuple[int, ...] = AUTHED,
+    body: str | None = None,
+    body_required: bool = True,
+    params: list | None = None,
+    description: str = "",
+) -> dict:
+    op: dict = {"summary": summary, "responses": {**ok, **_errors(*sorted(set(errors)))}}
+    if description:
+        op["description"] = description
+    if scopes is None:
+        op["security"] = []
+    else:
+        op["x-required-scopes"] = scopes.split()
+        if scopes:
+            op["description"] = (description + f"\n\nScope: `{scopes}`.").strip()
+    if body:
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path(name: str, description: str) -> dict:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}  # fmt: skip
+
+
+SLUG = _path("slug", "tenant slug; a user key may name only its own tenant")
+KEY_ID = _path("key_id", "the key's public id")
+RESOURCE_ID = _path("resource_id", "the resource id")
+TENANT_Q = _query(
+    "tenant", {"type": "string"}, "tenant slug: required for client keys; a user key may omit it"
+)
+KEY_MGMT = (
+    "Acts on the caller's own keys: the caller must be a user key of `slug` (another "
+    "tenant's slug is 404; a client key owns no keys and gets 403)."
+)
+
+
+def _ok(status: int, schema: dict | None, description: str) -> dict:
+    if schema is None:
+        return {str(status): {"description": description}}
+    return {str(status): _json(schema, description)}
+
+
+def _paths() -> dict:
+    keys = "/api/v1/tenant/{slug}/api-keys"
+    admin = "/api/v1/tenant/{slug}/admin"
+    array = {"type": "array"}
+    return {
+        "/api/v1/ping": {
+            "get": _op(
+                "Liveness, no database work",
+                _ok(200, {"type": "object", "properties": {"pong": {"const": True}}}, "pong"),
+                scopes=None,
+                errors=(500,),
+            )
+        },
+        "/api/v1/me": {
+            "get": _op("The calling key, its owner and tenant", _ok(200, _ref("Me"), "me"))
+        },
+        f"{keys}/create": {
+            "post": _op(
+                "Create a key for the caller's owner",
+                _ok(201, _ref("NewKey"), "the new key, with its secret shown once"),
+                scopes="keys:write",
+                errors=AUTHED + BODY + (404,),
+                body="KeyCreate",
+                params=[SLUG],
+                description=KEY_MGMT + " Tenant policy applies (400 policy_violation).",
+            )
+        },
+        f"{keys}/list": {
+            "get": _op(
+                "The caller's own keys (no secrets)",
+                _ok(200, {**array, "items": _ref("Key")}, "keys, newest first"),
+                scopes="keys:read",
+                errors=AUTHED + (404,),
+                params=[SLUG],
+                description=KEY_MGMT,
+            )
+        },
+        f"{keys}/{{key_id}}": {
+            "get": _op(
+                "One of the caller's own keys",
+                _ok(200, _ref("Key"), "the key"),
+                scopes="keys:read",
+                errors=AUTHED + (404,),
+                params=[SLUG, KEY_ID],
+                description=KEY_MGMT,
+            )
+        },
+        f"{keys}/{{key_id}}/revoke": {
+            "post": _op(
+                "Revoke one of the caller's own keys at once",
+                _ok(200, _ref("RevokeResult"), "revoked"),
+                scopes="keys:write",
+                errors=AUTHED + BODY + (404, 409),
+                params=[SLUG, KEY_ID],
+                description=KEY_MGMT,
+            )
+        },
+        f"{keys}/{{key_id}}/rotate": {
+            "post": _op(
+                "Rotate: a successor with the same name, scopes and lifetime",
+                _ok(201, _ref("NewKey"), "the successor, with its secret shown once"),
+                scopes="keys:write",
+                errors=AUTHED + BODY + (404, 409),
+                body="KeyRotate",
+                body_required=False,
+                params=[SLUG, KEY_ID],
+                description=KEY_MGMT + " The old key keeps working for grace_hours.",
+            )
+        },
+        f"{admin}/api-keys": {
+            "get": _op(
+                "Every key of the tenant (tenant admins)",
+                _ok(200, {**array, "items": _ref("AdminKey")}, "keys"),
+                scopes="admin:read",
+                errors=AUTHED + (404,),
+                params=[
+                    SLUG,
+                    _query("status", {"type": "string", "enum": STATUSES}, "key status"),
+                    _query("owner", {"type": "string"}, "owner email"),
+                    _query("scope", SCOPE, "keys holding this scope"),
+                    _query("expiring_within_days", {"type": "integer", "minimum": 0}, ""),
+                    _query("unused_for_days", {"type": "integer", "minimum": 0}, ""),
+                    _query("q", {"type": "string"}, "name contains"),
+                ],
+                description="The key's owner must be an admin of `slug`.",
+            )
+        },
+        f"{admin}/api-keys/{{key_id}}/revoke": {
+            "post": _op(
+                "Revoke any key of the tenant (tenant admins)",
+                _ok(200, _ref("RevokeResult"), "revoked"),
+                scopes="admin:write",
+                errors=AUTHED + BODY + (404, 409),
+                params=[SLUG, KEY_ID],
+                description="The key's owner must be an admin of `slug`.",
+            )
+        },
+        "/api/v1/tenant/{slug}/audit-events": {
+            "get": _op(
+                "The tenant's audit log, newest first (tenant admins)",
+                _ok(200, _ref("AuditPage"), "a page of events"),
+                scopes="admin:read",
+                errors=AUTHED + (404,),
+                params=[
+                    SLUG,
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                        "page size",
+                    ),
+                    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                ],
+                description="The key's owner must be an admin of `slug`.",
+            )
+        },
+        "/api/v1/resources": {
+            "get": _op(
+                "The tenant's resources",
+                _ok(200, {**array, "items": _ref("Resource")}, "resources, newest first"),
+                scopes="api:read",
+                errors=AUTHED + (404,),
+                params=[TENANT_Q],
+            ),
+            "post": _op(
+                "Create a resource",
+                _ok(201, _ref("Resource"), "created"),
+                scopes="api:write",
+                errors=AUTHED + BODY + (404,),
+                body="ResourceCreate",
+                params=[TENANT_Q],
+            ),
+        },
+        "/api/v1/resources/{resource_id}": {
+            "get": _op(
+                "One resource",
+                _ok(200, _ref("Resource"), "the resource"),
+                scopes="api:read",
+                errors=AUTHED + (404,),
+                params=[RESOURCE_ID, TENANT_Q],
+            ),
+            "delete": _op(
+                "Delete a resource",
+                _ok(204, None, "deleted"),
+                scopes="api:write",
+                errors=AUTHED + (404,),
+                params=[RESOURCE_ID, TENANT_Q],
+            ),
+        },
+        "/api/v1/keys/verify": {
+            "post": _op(
+                "Verify a key (Keydesk as key authority)",
+                _ok(200, _ref("VerifyResult"), "the verdict, valid or not"),
+                scopes="keys:verify",
+                errors=AUTHED + BODY,
+                body="VerifyRequest",
+                description="Needs `keys:verify` or a client key. A user key verifies keys of "
+                "its own tenant only (others read as invalid).",
+            )
+        },
+        "/api/v1/keys/report-leak": {
+            "post": _op(
+                "Report a leaked key (no authentication)",
+                _ok(202, _ref("Accepted"), "always, whatever the body held"),
+                scopes=None,
+                errors=(413, 429, 500, 503),
+                body="LeakReport",
+                body_required=False,
+                description="A genuine key is revoked at once with status `leaked`. The answer "
+                "never depends on the key. Rate limited per client address.",
+            )
+        },
+        "/api/v1/openapi.json": {
+            "get": _op(
+                "This document",
+                _ok(200, {"type": "object"}, "OpenAPI 3.1"),
+                scopes=None,
+                errors=(500,),
+            )
+        },
+    }
+
+
+@cache
+def document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Keydesk API",
+            "version": "1",
+            "description": "Self-hosted API keys. Send `Authorization: Bearer <key>`; never "
+            "put a key in the URL (that is refused with 400). Times are Unix seconds.",
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "kd_<key id>_<secret><checksum>",
+                }
+            },
+            "schemas": SCHEMAS,
+            "responses": RESPONSES,
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return jsonify(document())
