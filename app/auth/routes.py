@@ -16,13 +16,6 @@ from app.net import client_ip
 from app.web_actor import request_actor
 
 GENERIC_LOGIN_ERROR = "Incorrect email or password."
-STALE_FORM_ERROR = "This form has expired. Please try again."
-
-
-def csrf_failed(form) -> bool:
-    """The CSRF token is missing or stale (only when CSRF protection is on)."""
-    token = getattr(form, "csrf_token", None)
-    return bool(token is not None and token.errors)
 
 
 def safe_next(target: str | None) -> str:
@@ -83,9 +76,7 @@ def register():
             _start_session(user)
             flash(f"Welcome! Your organization {user.tenant.name} is ready.", "success")
             return redirect(url_for("portal.keys"))
-    error = STALE_FORM_ERROR if csrf_failed(form) else None
-    status = 400 if form.errors else 200
-    return render_template("auth/register.html", form=form, error=error), status
+    return render_template("auth/register.html", form=form), 400 if form.errors else 200
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -109,8 +100,8 @@ def login():
             return redirect(safe_next(request.args.get("next") or request.form.get("next")))
         error = GENERIC_LOGIN_ERROR
     elif request.method == "POST":
-        if csrf_failed(form):
-            return render_template("auth/login.html", form=form, error=STALE_FORM_ERROR), 400
+        # A missing field gets the same answer as wrong credentials. (A bad CSRF token never
+        # gets here: CSRFProtect refuses it with 400 before the view runs.)
         error = GENERIC_LOGIN_ERROR
     status = 401 if error else 200
     return render_template("auth/login.html", form=form, error=error), status
