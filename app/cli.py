@@ -10,7 +10,7 @@ import time
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from app import audit
 from app.accounts import service as accounts
@@ -144,6 +144,7 @@ def audit_verify():
 
 
 @click.command("seed")
+@with_appcontext  # AppGroup commands get this implicitly; a bare click command does not
 @click.option("--keys", "count", type=int, required=True, help="How many keys to create.")
 @click.option("--tenant", "slug", default="demo", show_default=True)
 def seed(count: int, slug: str):
