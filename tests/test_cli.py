@@ -189,3 +189,19 @@ def test_client_keys_revoke_refuses_a_user_key(app, runner):
     create_user(app)
     key = run(runner, "keys", "issue", "--email", "alice@example.com", "--name", "u").stdout
     one_error_line(run(runner, "client-keys", "revoke", key.split("_")[1]))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "issue", "--email", "a@example.com", "--name", "x", "--expires-in-days", "abc"],
+        ["keys", "issue", "--name", "x"],
+        ["users", "create", "a@example.com"],
+        ["seed"],
+        ["seed", "--keys", "many"],
+        ["client-keys", "issue"],
+    ],
+)
+def test_usage_errors_are_one_line_too(runner, args):
+    line = one_error_line(run(runner, *args))
+    assert line.startswith("Error: ") and "--" in line
