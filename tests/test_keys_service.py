@@ -326,3 +326,20 @@ def test_wrong_secret_with_valid_checksum_is_refused_by_the_hot_path(app, owner,
     assert response.status_code == 401
     with pytest.raises(KeyInvalid):
         keyformat.parse(forged[:-1] + ("A" if forged[-1] != "A" else "B"))
+
+
+def test_instance_secret_is_never_read_half_written_by_concurrent_starts(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    for attempt in range(20):
+        inst = str(tmp_path / f"race{attempt}")
+        with ThreadPoolExecutor(8) as pool:
+            values = list(pool.map(instance_secret, [inst] * 8, ["key_pepper"] * 8))
+        assert len(set(values)) == 1 and len(values[0]) == 64
+        assert sorted(os.listdir(inst)) == ["key_pepper"]  # no temporary files left
+
+
+def test_empty_instance_secret_is_refused(tmp_path):
+    (tmp_path / "key_pepper").write_text("")
+    with pytest.raises(RuntimeError, match="empty"):
+        instance_secret(str(tmp_path), "key_pepper")
