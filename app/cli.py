@@ -10,7 +10,7 @@ import time
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from app import audit
 from app.accounts import service as accounts
@@ -23,10 +23,26 @@ from app.keys import format as keyformat
 from app.keys import service as keys
 from app.models import Tenant, User
 
-users_cli = AppGroup("users", help="Manage user accounts.")
-keys_cli = AppGroup("keys", help="Issue user keys.")
-client_keys_cli = AppGroup("client-keys", help="Platform-wide client keys (server-to-server).")
-audit_cli = AppGroup("audit", help="The audit log.")
+
+class OneLineCommand(click.Command):
+    """Usage errors (missing option, not a number...) as one line, like every other refusal,
+    instead of Click's usage block."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise click.ClickException(f"{exc.format_message()} (see --help)") from None
+
+
+class CommandGroup(AppGroup):
+    command_class = OneLineCommand
+
+
+users_cli = CommandGroup("users", help="Manage user accounts.")
+keys_cli = CommandGroup("keys", help="Issue user keys.")
+client_keys_cli = CommandGroup("client-keys", help="Platform-wide client keys (server-to-server).")
+audit_cli = CommandGroup("audit", help="The audit log.")
 
 
 def fail(message: str) -> None:
@@ -143,7 +159,8 @@ def audit_verify():
     click.echo(f"Audit log intact: {checked} events verified")
 
 
-@click.command("seed")
+@click.command("seed", cls=OneLineCommand)
+@with_appcontext  # AppGroup commands get this implicitly; a bare click command does not
 @click.option("--keys", "count", type=int, required=True, help="How many keys to create.")
 @click.option("--tenant", "slug", default="demo", show_default=True)
 def seed(count: int, slug: str):

@@ -4,8 +4,10 @@ Environment first; a secret that is not in the environment is generated once
 into instance/ with mode 0600 so restarts and multiple workers share it.
 """
 
+import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -16,16 +18,27 @@ def _bool(value: str) -> bool:
 
 
 def instance_secret(instance_path: str, name: str) -> str:
-    """Read instance/<name>, creating it (0600, 256 random bits) on first use."""
+    """Read instance/<name>, creating it (0600, 256 random bits) on first use.
+
+    Several workers may start at once: the secret is written to a private temporary file
+    and then hard-linked into place, so the name appears only with its full content and
+    exactly one worker's secret wins; the others read that one.
+    """
     path = Path(instance_path) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    value = path.read_text().strip()
+    if not value:
+        raise RuntimeError(f"{path} is empty; delete it to generate a new secret")
+    return value
 
 
 def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:

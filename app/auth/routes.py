@@ -4,6 +4,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
+from sqlalchemy.exc import IntegrityError
 
 from app.accounts import service as accounts
 from app.auth import bp
@@ -21,10 +22,12 @@ def safe_next(target: str | None) -> str:
     """Only a same-site path: no scheme, no host, no protocol-relative //evil."""
     if not target:
         return url_for("portal.keys")
+    # Browsers drop tabs and newlines and read "\\" as "/", so "/\t/evil" or "/\\evil"
+    # would leave the site: refuse control characters, whitespace and backslashes outright.
+    if any(ch <= " " or ch == "\\" or ch == "\x7f" for ch in target):
+        return url_for("portal.keys")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return url_for("portal.keys")
-    if "\\" in target:
         return url_for("portal.keys")
     return target
 
@@ -63,7 +66,13 @@ def register():
             db.session.rollback()
             getattr(form, exc.field or "email").errors.append(str(exc))
         else:
-            db.session.commit()
+            try:
+                db.session.commit()
+            except IntegrityError:
+                # Lost a race with a simultaneous sign-up for the same email or slug.
+                db.session.rollback()
+                form.email.errors.append("That did not go through; please submit again.")
+                return render_template("auth/register.html", form=form), 409
             _start_session(user)
             flash(f"Welcome! Your organization {user.tenant.name} is ready.", "success")
             return redirect(url_for("portal.keys"))
@@ -91,8 +100,10 @@ def login():
             return redirect(safe_next(request.args.get("next") or request.form.get("next")))
         error = GENERIC_LOGIN_ERROR
     elif request.method == "POST":
-        error = GENERIC_LOGIN_ERROR if not form.csrf_token.errors else None
-    status = 401 if error else (400 if form.errors else 200)
+        # A missing field gets the same answer as wrong credentials. (A bad CSRF token never
+        # gets here: CSRFProtect refuses it with 400 before the view runs.)
+        error = GENERIC_LOGIN_ERROR
+    status = 401 if error else 200
     return render_template("auth/login.html", form=form, error=error), status
 
 

@@ -1,7 +1,14 @@
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, SelectField, SelectMultipleField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
+from wtforms.validators import (
+    DataRequired,
+    InputRequired,
+    Length,
+    NumberRange,
+    Optional,
+    ValidationError,
+)
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from app.keys.scopes import ALL_SCOPES, DESCRIPTIONS
@@ -12,6 +19,39 @@ class MultiCheckboxField(SelectMultipleField):
     option_widget = CheckboxInput()
 
 
+class ScopesField(MultiCheckboxField):
+    """Scope checkboxes; names a scope that is unknown or not grantable instead of WTForms'
+    generic "not a valid choice"."""
+
+    def pre_validate(self, form) -> None:
+        offered = {choice.value for choice in self.choices}
+        refused = [value for value in self.data or () if value not in offered]
+        if refused:
+            shown = ", ".join(str(v)[:40] for v in refused[:5])
+            raise ValidationError(f"Not a scope you can grant: {shown}")
+
+
+EXPIRY_MESSAGE = "Choose one of the offered expiry periods"
+
+
+class ExpiryField(SelectField):
+    """Expiry in days from the offered choices, with one plain message for anything else."""
+
+    def process_formdata(self, valuelist) -> None:
+        if not valuelist:
+            return
+        try:
+            self.data = int(valuelist[0])
+        except ValueError:
+            raise ValueError(EXPIRY_MESSAGE) from None
+
+    def pre_validate(self, form) -> None:
+        if self.process_errors:
+            return  # already explained
+        if self.data not in {choice.value for choice in self.choices}:
+            raise ValidationError(EXPIRY_MESSAGE)
+
+
 def expiry_label(days: int) -> str:
     return "Never" if days == 0 else f"{days} days"
 
@@ -19,11 +59,16 @@ def expiry_label(days: int) -> str:
 class NewKeyForm(FlaskForm):
     name = StringField(
         "Name",
-        validators=[DataRequired(message="Give the key a name"), Length(max=100)],
+        validators=[
+            DataRequired(message="Give the key a name"),
+            Length(max=100, message="Use at most 100 characters"),
+        ],
         description="Say where the key will live, e.g. 'CI deploy' or 'laptop scripts'.",
     )
-    scopes = MultiCheckboxField("Scopes", choices=[SelectChoice(s, s) for s in ALL_SCOPES])
-    expires_in_days = SelectField("Expires in", coerce=int, validators=[InputRequired()])
+    scopes = ScopesField("Scopes", choices=[SelectChoice(s, s) for s in ALL_SCOPES])
+    expires_in_days = ExpiryField(
+        "Expires in", coerce=int, validators=[InputRequired(message=EXPIRY_MESSAGE)]
+    )
     allowed_ips = TextAreaField(
         "Allowed IP addresses (optional)",
         validators=[Optional(), Length(max=2000)],
@@ -37,8 +82,6 @@ class NewKeyForm(FlaskForm):
             self.expires_in_days.data = 90 if 90 in expiry_days else expiry_days[0]
 
     def validate_scopes(self, field) -> None:
-        from wtforms.validators import ValidationError
-
         if not field.data:
             raise ValidationError("Choose at least one scope")
 
@@ -51,8 +94,8 @@ class RotateForm(FlaskForm):
         "Grace period (hours)",
         default=24,
         validators=[
-            InputRequired(message="Enter 0 to 168 hours"),
-            NumberRange(min=0, max=168, message="Enter 0 to 168 hours"),
+            InputRequired(message="Enter a whole number of hours from 0 to 168"),
+            NumberRange(min=0, max=168, message="Enter a whole number of hours from 0 to 168"),
         ],
         description="How long the old key keeps working (0 to 168 hours).",
     )

@@ -103,11 +103,14 @@ def new_key():
 
 @bp.get("/keys/<key_id>")
 def key_detail(key_id: str):
-    key = _own_key(key_id)
+    return _detail_page(_own_key(key_id), RotateForm())
+
+
+def _detail_page(key, rotate_form: RotateForm, status: int = 200):
     now = utcnow()
     today = now.date()
     days = [today - timedelta(days=n) for n in range(29, -1, -1)]
-    return render_template(
+    page = render_template(
         "portal/key_detail.html",
         key=key,
         now=now,
@@ -115,9 +118,10 @@ def key_detail(key_id: str):
         usage=usage_by_day(api_key_pk=key.id, days=days),
         events=key_events(key),
         ips=recent_ips(key),
-        rotate_form=RotateForm(),
+        rotate_form=rotate_form,
         revoke_form=ConfirmForm(),
     )
+    return page, status
 
 
 @bp.get("/keys/<key_id>/revoke")
@@ -157,10 +161,10 @@ def rotate(key_id: str):
     key = _own_key(key_id)
     form = RotateForm()
     if not form.validate_on_submit():
-        if form.csrf_token.errors:
+        if "csrf_token" in form.errors:
             abort(400)
-        flash("Grace period: " + "; ".join(form.grace_hours.errors), "error")
-        return redirect(url_for("portal.key_detail", key_id=key.key_id))
+        # The key's page again, with the message beside the grace period field.
+        return _detail_page(key, form, 400)
     try:
         new_row, full_key = keys.rotate_key(
             key=key, grace_hours=form.grace_hours.data, now=utcnow(), actor=request_actor()
