@@ -37,12 +37,12 @@ def test_query_string_key_is_refused_and_not_logged(tmp_path):
     )  # fmt: skip
     secret = "kd_7Gk2mQ9xLp0a_X80SD9vlIWbELj5K9qJdIn3yQQEix7ya24Xsmz"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
-                requests.get(f"http://127.0.0.1:{port}/api/v1/ping", timeout=2)
+                requests.get(f"http://127.0.0.1:{port}/api/v1/ping", timeout=5)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not up yet, or slow on a busy machine
                 assert server.poll() is None, server.stderr.read().decode()
                 assert time.monotonic() < deadline, "gunicorn did not start"
                 time.sleep(0.2)
@@ -50,7 +50,7 @@ def test_query_string_key_is_refused_and_not_logged(tmp_path):
             response = requests.get(
                 f"http://127.0.0.1:{port}/api/v1/me?{name}={secret}",
                 headers={"Referer": f"https://example.com/?token={secret}"},
-                timeout=5,
+                timeout=30,
             )
             assert response.status_code == 400
             assert response.json()["error"] == "invalid_request"

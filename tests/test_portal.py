@@ -159,7 +159,11 @@ def test_key_detail_shows_details_but_never_the_secret(app, signed_in):
 
 def test_revoke_from_the_portal(app, signed_in):
     full = secret_from_page(create(signed_in).get_data(as_text=True))
-    assert signed_in.get(f"/keys/{key_id_of(full)}/revoke").status_code == 405
+    # GET is the no-JavaScript confirmation page; only its POST form revokes
+    confirm = signed_in.get(f"/keys/{key_id_of(full)}/revoke")
+    assert confirm.status_code == 200
+    assert f'action="/keys/{key_id_of(full)}/revoke"' in confirm.get_data(as_text=True)
+    assert signed_in.get("/api/v1/me", headers=bearer(full)).status_code == 200
     response = signed_in.post(f"/keys/{key_id_of(full)}/revoke", follow_redirects=True)
     assert response.status_code == 200
     assert "is revoked" in response.get_data(as_text=True)
