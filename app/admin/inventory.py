@@ -218,11 +218,20 @@ class KeyPage:
         return self.page < self.pages
 
 
+# Where "never" sorts: a key that never expires expires after every other one; a key
+# never used was last used before every other one. Explicit, because SQLite and
+# PostgreSQL disagree on where NULLs go by default.
+NULL_IS_LARGEST = {"expires": True, "last_used": False}
+
+
 def _order_by(filters: KeyFilter):
     column = SORTS[filters.sort]
-    if filters.direction == "asc":
-        return (column.asc(), ApiKey.id.asc())
-    return (column.desc(), ApiKey.id.desc())
+    asc = filters.direction == "asc"
+    ordered = column.asc() if asc else column.desc()
+    if filters.sort in NULL_IS_LARGEST:
+        nulls_at_end = NULL_IS_LARGEST[filters.sort] == asc
+        ordered = ordered.nulls_last() if nulls_at_end else ordered.nulls_first()
+    return (ordered, ApiKey.id.asc() if asc else ApiKey.id.desc())
 
 
 def count_keys(
