@@ -29,7 +29,7 @@ class InviteForm(FlaskForm):
 
 
 class RoleForm(FlaskForm):
-    role = SelectField("Role", choices=[("member", "member"), ("admin", "admin")])
+    role = SelectField("Role", choices=[SelectChoice(r, r) for r in ("member", "admin")])
 
 
 class ConfirmForm(FlaskForm):
