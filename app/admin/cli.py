@@ -6,6 +6,7 @@ import smtplib
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from app.admin import reminders
 from app.clock import utcnow
@@ -20,6 +21,7 @@ from app.extensions import db
     show_default=True,
     help="Remind about keys expiring within this many days.",
 )
+@with_appcontext
 def remind(within_days: int) -> None:
     """Email each owner one list of their keys that expire soon (once a day at most).
 
