@@ -44,7 +44,7 @@ def remind(within_days: int) -> None:
     for reminder in due:
         message = reminder.message(sender=sender, now=now)
         if send is None:
-            click.echo(f"Would send to {reminder.owner}:\n{message}")
+            click.echo(f"Would send to {reminder.owner}:\n{_readable(message)}")
         else:
             try:
                 send([message])
@@ -58,3 +58,9 @@ def remind(within_days: int) -> None:
         sent += 1
     verb = "Sent" if send else "Printed"
     click.echo(f"{verb} {sent} reminder{'' if sent == 1 else 's'}.")
+
+
+def _readable(message) -> str:
+    """The message as a person reads it (no transfer encoding), for the dry run."""
+    headers = "".join(f"{name}: {message[name]}\n" for name in ("From", "To", "Subject"))
+    return headers + "\n" + message.get_content()

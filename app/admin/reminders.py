@@ -41,9 +41,10 @@ class Reminder:
             "",
         ]
         for key in self.keys:
-            days = max(0, (key.expires_at - now).days)
+            days = max(0, -(-int((key.expires_at - now).total_seconds()) // 86400))
             when = key.expires_at.strftime("%Y-%m-%d %H:%M UTC")
-            lines.append(f"- {key.name} ({key.key_id}): expires {when} (in {days} days)")
+            plural = "" if days == 1 else "s"
+            lines.append(f"- {key.name} ({key.key_id}): expires {when} (in {days} day{plural})")
         lines += ["", "You get this email once a day while a key is about to expire."]
         msg.set_content("\n".join(lines) + "\n")
         return msg
