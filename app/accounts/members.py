@@ -114,7 +114,7 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
 
     Returns how many keys were revoked.
     """
-    from app.admin.inventory import working
+    from app.admin.inventory import record_key_revocations, working
 
     if user.tenant_id != tenant.id:
         raise NotFound("No such member")
@@ -130,17 +130,9 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
         .returning(ApiKey.key_id, ApiKey.name)
         .execution_options(synchronize_session=False)
     ).all()
-    for key_id, name in revoked:
-        audit.record(
-            "key.revoked",
-            actor=actor,
-            now=now,
-            tenant_id=tenant.id,
-            target_type="key",
-            target=key_id,
-            name=name,
-            reason="member_deactivated",
-        )
+    record_key_revocations(
+        revoked, tenant_id=tenant.id, now=now, actor=actor, reason="member_deactivated"
+    )
     audit.record(
         "member.deactivated",
         actor=actor,
