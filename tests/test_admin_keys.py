@@ -9,8 +9,8 @@ import pytest
 from bs4 import BeautifulSoup
 from sqlalchemy import select
 
-from app.accounts import service as accounts
 from app import audit
+from app.accounts import service as accounts
 from app.admin import inventory
 from app.audit import Actor
 from app.clock import utcnow
