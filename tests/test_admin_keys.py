@@ -370,3 +370,12 @@ def test_admin_api_revokes_a_tenant_key(app, client, zoo):
             select(AuditEvent).where(AuditEvent.action == "key.revoked")
         ).all()[-1]
         assert event.target == zoo["bob_fresh"] and event.actor_type == "key"
+
+
+def test_client_key_may_administer_any_existing_tenant(app, client, runner, zoo):
+    with app.app_context():  # the platform's server-to-server key: unscoped, every tenant
+        full = runner.invoke(args=["client-keys", "issue", "--name", "ops"]).output.strip()
+    listing = client.get("/api/v1/tenant/acme/admin/api-keys", headers=bearer(full))
+    assert listing.status_code == 200 and len(listing.json) == len(zoo)
+    missing = client.get("/api/v1/tenant/nope/audit-events", headers=bearer(full))
+    assert missing.status_code == 404
