@@ -166,7 +166,7 @@ def _members_page(invite_form=None, *, invite_link=None, invite=None, status=200
         "admin/members.html",
         members=members_service.list_members(tenant=tenant, now=now),
         invites=members_service.pending_invites(tenant=tenant, now=now),
-        invite_form=invite_form or InviteForm(),
+        invite_form=invite_form or InviteForm(formdata=None),  # empty after a success
         role_form=RoleForm(),
         form=ConfirmForm(),
         invite_link=invite_link,
