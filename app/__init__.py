@@ -50,6 +50,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     web.init_app(app)
 
     from app.admin import bp as admin_bp
+    from app.admin.invites import bp as invites_bp
     from app.api import init_app as init_api
     from app.auth import bp as auth_bp
     from app.portal import bp as portal_bp
@@ -57,6 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(auth_bp)
     app.register_blueprint(portal_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(invites_bp)
     init_api(app)
 
     from app.cli import register_cli

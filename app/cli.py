@@ -273,6 +273,9 @@ def _qmark() -> bool:
 
 
 def register_cli(app: Flask) -> None:
+    from app.admin.cli import remind
+
+    keys_cli.add_command(remind)
     for group in (users_cli, keys_cli, client_keys_cli, audit_cli):
         app.cli.add_command(group)
     app.cli.add_command(seed)

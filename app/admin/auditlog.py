@@ -1,0 +1,195 @@
+"""Reading a tenant's audit log: filters, keyset pages, JSON shape and streamed exports.
+
+Pages are keyset pages on (tenant_id, id), newest first, so page 1,000 costs what
+page 1 costs. Exports walk the same index in chunks, each chunk in its own short
+read: on SQLite every transaction takes the write lock (BEGIN IMMEDIATE), and an
+export of a million events must not hold it for the whole download. The log is
+append-only and read downwards by id, so chunking loses and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy import ColumnElement, func, select
+
+from app.clock import to_unix
+from app.errors import InvalidInput
+from app.extensions import db
+from app.models import AuditEvent
+
+PAGE_SIZE = 50
+EXPORT_CHUNK = 1000
+CSV_FIELDS = (
+    "id",
+    "created_at",
+    "action",
+    "actor_type",
+    "actor",
+    "ip",
+    "user_agent",
+    "target_type",
+    "target",
+    "details",
+)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    action: str | None = None
+    actor: str | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+
+    def query_args(self) -> dict[str, str]:
+        out = {
+            "action": self.action,
+            "actor": self.actor,
+            "from": self.date_from.isoformat() if self.date_from else None,
+            "to": self.date_to.isoformat() if self.date_to else None,
+        }
+        return {k: v for k, v in out.items() if v}
+
+
+def _date(args: Mapping[str, str], name: str) -> date | None:
+    raw = (args.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidInput(f"'{name}' must be a date like 2026-01-31", name) from None
+
+
+def parse_filter(args: Mapping[str, str]) -> EventFilter:
+    f = EventFilter(
+        action=(args.get("action") or "").strip()[:64] or None,
+        actor=(args.get("actor") or "").strip()[:300] or None,
+        date_from=_date(args, "from"),
+        date_to=_date(args, "to"),
+    )
+    if f.date_from and f.date_to and f.date_from > f.date_to:
+        raise InvalidInput("'from' must not be after 'to'", "from")
+    return f
+
+
+def _start_of(day: date) -> datetime:
+    return datetime.combine(day, time.min, UTC)
+
+
+def conditions(*, tenant_id: int, filters: EventFilter) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = [AuditEvent.tenant_id == tenant_id]
+    if filters.action:
+        conds.append(AuditEvent.action == filters.action)
+    if filters.actor:
+        conds.append(func.lower(AuditEvent.actor) == filters.actor.lower())
+    if filters.date_from:
+        conds.append(AuditEvent.created_at >= _start_of(filters.date_from))
+    if filters.date_to:  # inclusive: the whole of the 'to' day
+        conds.append(AuditEvent.created_at < _start_of(filters.date_to + timedelta(days=1)))
+    return conds
+
+
+def events_page(
+    *, tenant_id: int, filters: EventFilter, before: int | None = None, limit: int = PAGE_SIZE
+) -> tuple[list[AuditEvent], int | None]:
+    """Up to `limit` events older than id `before`, newest first, and the next cursor."""
+    conds = conditions(tenant_id=tenant_id, filters=filters)
+    if before is not None:
+        conds.append(AuditEvent.id < before)
+    rows = list(
+        db.session.execute(
+            select(AuditEvent).where(*conds).order_by(AuditEvent.id.desc()).limit(limit + 1)
+        ).scalars()
+    )
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def known_actions(*, tenant_id: int) -> list[str]:
+    return list(
+        db.session.execute(
+            select(AuditEvent.action)
+            .where(AuditEvent.tenant_id == tenant_id)
+            .distinct()
+            .order_by(AuditEvent.action)
+        ).scalars()
+    )
+
+
+def event_json(event: AuditEvent) -> dict:
+    return {
+        "id": event.id,
+        "action": event.action,
+        "actor_type": event.actor_type,
+        "actor": event.actor,
+        "ip": event.ip,
+        "user_agent": event.user_agent,
+        "target_type": event.target_type,
+        "target": event.target,
+        "details": json.loads(event.details or "{}"),
+        "created_at": to_unix(event.created_at),
+    }
+
+
+def iter_events(*, tenant_id: int, filters: EventFilter) -> Iterator[AuditEvent]:
+    """Every matching event, newest first, read in chunks (see the module docstring)."""
+    before = None
+    while True:
+        conds = conditions(tenant_id=tenant_id, filters=filters)
+        if before is not None:
+            conds.append(AuditEvent.id < before)
+        result = db.session.execute(
+            select(AuditEvent)
+            .where(*conds)
+            .order_by(AuditEvent.id.desc())
+            .limit(EXPORT_CHUNK)
+            .execution_options(yield_per=200)
+        ).scalars()
+        count = 0
+        for event in result:
+            count += 1
+            before = event.id
+            yield event
+        db.session.rollback()  # end this chunk's read transaction; nothing was written
+        db.session.expunge_all()
+        if count < EXPORT_CHUNK:
+            return
+
+
+def export_csv(events: Iterator[AuditEvent]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_FIELDS)
+    for event in events:
+        data = event_json(event)
+        data["created_at"] = event.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        data["details"] = event.details
+        writer.writerow([_csv_safe(data[name]) for name in CSV_FIELDS])
+        if buffer.tell() > 16384:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _csv_safe(value: object) -> str:
+    """Neutralize spreadsheet formulas: actor and target text come from users."""
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
+
+
+def export_json(events: Iterator[AuditEvent]) -> Iterator[str]:
+    yield "["
+    first = True
+    for event in events:
+        yield ("" if first else ",") + "\n" + json.dumps(event_json(event), sort_keys=True)
+        first = False
+    yield "\n]\n"

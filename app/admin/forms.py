@@ -1,0 +1,48 @@
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, EmailField, IntegerField, PasswordField, SelectField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange
+
+from app.keys.scopes import ALL_SCOPES
+from app.portal.forms import MultiCheckboxField
+
+
+class PolicyForm(FlaskForm):
+    max_key_lifetime_days = IntegerField(
+        "Maximum key lifetime (days)",
+        validators=[
+            InputRequired(message="Enter a number of days (0 for no maximum)"),
+            NumberRange(min=0, max=3650, message="Enter 0 (no maximum) to 3650 days"),
+        ],
+        description="0 = no maximum. New keys and rotations may not live longer.",
+    )
+    require_expiry = BooleanField("Every key must expire")
+    member_scopes = MultiCheckboxField(
+        "Scopes members may grant",
+        choices=[SelectChoice(s, s) for s in ALL_SCOPES],
+        description="Admins may always grant every scope.",
+    )
+
+
+class InviteForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+
+
+class RoleForm(FlaskForm):
+    role = SelectField("Role", choices=[SelectChoice(r, r) for r in ("member", "admin")])
+
+
+class ConfirmForm(FlaskForm):
+    """A POST with only the CSRF token."""
+
+
+class AcceptInviteForm(FlaskForm):
+    password = PasswordField(
+        "Choose a password",
+        validators=[DataRequired(), Length(min=12, max=128, message="Use 12 to 128 characters")],
+        description="At least 12 characters; not your email; not a common password.",
+    )
+    confirm = PasswordField(
+        "Confirm password",
+        validators=[DataRequired(), EqualTo("password", message="The passwords do not match")],
+    )
