@@ -41,6 +41,8 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         or instance_secret(instance_path, "key_pepper"),
         "KEYDESK_KEY_PREFIX": prefix,
         "RATELIMIT_STORAGE_URI": env.get("KEYDESK_RATELIMIT_STORAGE_URI", "memory://"),
+        # Several Keydesk deployments (or test runs) can share one Redis.
+        "RATELIMIT_KEY_PREFIX": env.get("KEYDESK_RATELIMIT_KEY_PREFIX", "keydesk"),
         "KEYDESK_API_RATE_LIMIT": env.get("KEYDESK_API_RATE_LIMIT", "600 per minute"),
         "KEYDESK_AUTH_FAILURE_LIMIT": env.get("KEYDESK_AUTH_FAILURE_LIMIT", "60 per minute"),
         "KEYDESK_LOGIN_RATE_LIMIT": env.get("KEYDESK_LOGIN_RATE_LIMIT", "10 per minute"),
