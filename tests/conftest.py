@@ -142,6 +142,18 @@ def _truncate_all(app: Flask) -> None:
         conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
 
 
+def pg_app(pg: PgDatabase, config: dict) -> Flask:
+    """An app on the session's PG database (URL in config), emptied: tables are made once."""
+    app = create_app(_test_config(config))
+    if not pg.tables_ready:
+        with app.app_context():
+            db.create_all()
+        pg.tables_ready = True
+    else:
+        _truncate_all(app)
+    return app
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
     """The database URL for this test: a new SQLite file, or the session's PG database."""
@@ -158,14 +170,7 @@ def database_url(request, tmp_path) -> str:
 def app(tmp_path, app_config, database_url, request) -> Iterator[Flask]:
     config = {"SQLALCHEMY_DATABASE_URI": database_url, **app_config}
     if database_url.startswith("postgresql"):
-        pg = request.getfixturevalue("pg_database")
-        app = create_app(_test_config(config))
-        if not pg.tables_ready:
-            with app.app_context():
-                db.create_all()
-            pg.tables_ready = True
-        else:
-            _truncate_all(app)
+        app = pg_app(request.getfixturevalue("pg_database"), config)
     else:
         app = make_app(tmp_path, **config)
     yield app
