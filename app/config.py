@@ -52,6 +52,10 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
+        # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request
+        # is HTTPS (app/web.py SessionInterface), so plain-http development still works.
+        "SESSION_COOKIE_SECURE": _bool(env.get("KEYDESK_SECURE_COOKIES", "false")),
+        "REMEMBER_COOKIE_SECURE": _bool(env.get("KEYDESK_SECURE_COOKIES", "false")),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "REMEMBER_COOKIE_HTTPONLY": True,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, make_response, render_template, request
+from flask import Flask, has_request_context, jsonify, make_response, render_template, request
+from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import text
 from sqlalchemy.exc import (
     DisconnectionError,
@@ -26,7 +27,18 @@ CSP = (
 )
 
 
+class SessionInterface(SecureCookieSessionInterface):
+    """The session cookie is `Secure` whenever the request came over HTTPS (directly, or via
+    X-Forwarded-Proto from a trusted proxy), and always when KEYDESK_SECURE_COOKIES is on."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        if app.config["SESSION_COOKIE_SECURE"]:
+            return True
+        return has_request_context() and request.is_secure
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = SessionInterface()
     app.after_request(security_headers)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.register_error_handler(HTTPException, http_error)

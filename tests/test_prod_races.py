@@ -71,7 +71,7 @@ def run_threads(app, actions: list[str], key_id: str) -> list[str]:
     return results  # type: ignore[return-value]
 
 
-def _process_main(url: str, action: str, key_id: str, start, out) -> None:
+def _process_main(index: int, url: str, action: str, key_id: str, start, out) -> None:
     from tests.conftest import _test_config
 
     from app import create_app
@@ -81,7 +81,7 @@ def _process_main(url: str, action: str, key_id: str, start, out) -> None:
         db.session.execute(select(1))  # connect before the start signal
         db.session.rollback()
         start.wait(30)
-        out.put(_act(action, key_id))
+        out.put((index, _act(action, key_id)))
         db.session.remove()
         db.engine.dispose()
 
@@ -90,15 +90,17 @@ def run_processes(database_url: str, actions: list[str], key_id: str) -> list[st
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing shared
     start, out = context.Event(), context.Queue()
     procs = [
-        context.Process(target=_process_main, args=(database_url, a, key_id, start, out))
-        for a in actions
+        context.Process(target=_process_main, args=(i, database_url, a, key_id, start, out))
+        for i, a in enumerate(actions)
     ]
     for p in procs:
         p.start()
-    results = []
+    results = [""] * len(actions)
     try:
         start.set()
-        results = [out.get(timeout=60) for _ in actions]
+        for _ in actions:
+            index, result = out.get(timeout=60)
+            results[index] = result
     finally:
         for p in procs:
             p.join(timeout=30)
