@@ -59,9 +59,10 @@ def make_app(tmp_path, **overrides) -> Flask:
 
 
 @pytest.fixture
-def app_config() -> dict:
-    """Override in a test module (or with indirect parametrization) to change config."""
-    return {}
+def app_config(request) -> dict:
+    """Override in a test module, or parametrize indirectly, to change config:
+    `@pytest.mark.parametrize("app_config", [{"KEY": value}], indirect=True)`."""
+    return dict(getattr(request, "param", {}))
 
 
 PG_ADMIN_URL = os.environ.get(

@@ -72,9 +72,8 @@ def run_threads(app, actions: list[str], key_id: str) -> list[str]:
 
 
 def _process_main(index: int, url: str, action: str, key_id: str, start, out) -> None:
-    from tests.conftest import _test_config
-
     from app import create_app
+    from tests.conftest import _test_config
 
     app = create_app(_test_config({"SQLALCHEMY_DATABASE_URI": url}))
     with app.app_context():
@@ -130,9 +129,7 @@ def _key(app, key_id: str) -> ApiKey:
 
 def _successors(app, key_id: str) -> int:
     with app.app_context():
-        return len(
-            db.session.execute(select(ApiKey.id).where(ApiKey.rotated_from == key_id)).all()
-        )
+        return len(db.session.execute(select(ApiKey.id).where(ApiKey.rotated_from == key_id)).all())
 
 
 @pytest.fixture

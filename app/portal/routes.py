@@ -14,7 +14,7 @@ from app.keys.authn import validate_allowed_ips
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.portal import bp
-from app.portal.forms import ConfirmForm, NewKeyForm, RotateForm
+from app.portal.forms import AllowedIpsForm, ConfirmForm, NewKeyForm, RotateForm
 from app.web_actor import request_actor
 
 
@@ -117,6 +117,7 @@ def key_detail(key_id: str):
         ips=recent_ips(key),
         rotate_form=RotateForm(),
         revoke_form=ConfirmForm(),
+        ip_form=AllowedIpsForm(allowed_ips="\n".join((key.allowed_ips or "").split())),
     )
 
 
@@ -159,3 +160,28 @@ def rotate(key_id: str):
         return redirect(url_for("portal.key_detail", key_id=key.key_id))
     db.session.commit()
     return _reveal(new_row, full_key, rotated_from=key)
+
+
+@bp.post("/keys/<key_id>/allowed-ips")
+def allowed_ips(key_id: str):
+    """Replace a key's IP allow-list (empty: any address); audited."""
+    key = _own_key(key_id)
+    form = AllowedIpsForm()
+    if not form.validate_on_submit():
+        if form.csrf_token.errors:
+            abort(400)
+        flash("Allowed IP addresses: " + "; ".join(form.allowed_ips.errors), "error")
+        return redirect(url_for("portal.key_detail", key_id=key.key_id))
+    try:
+        value = validate_allowed_ips(form.allowed_ips.data or "")
+        keys.set_allowed_ips(key=key, allowed_ips=value, now=utcnow(), actor=request_actor())
+    except ValueError as exc:
+        flash(f"Allowed IP addresses: {exc}", "error")
+    except Conflict as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+    else:
+        db.session.commit()
+        flash("Allowed IP addresses saved." if value else "This key now works from any address.",
+              "success")  # fmt: skip
+    return redirect(url_for("portal.key_detail", key_id=key.key_id))
