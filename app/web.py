@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, has_request_context, jsonify, make_response, render_template, request
+from flask import (
+    Flask,
+    abort,
+    has_request_context,
+    jsonify,
+    make_response,
+    render_template,
+    request,
+)
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import text
 from sqlalchemy.exc import (
@@ -39,6 +47,7 @@ class SessionInterface(SecureCookieSessionInterface):
 
 def init_app(app: Flask) -> None:
     app.session_interface = SessionInterface()
+    app.before_request(refuse_nul_bytes)
     app.after_request(security_headers)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.register_error_handler(HTTPException, http_error)
@@ -48,6 +57,23 @@ def init_app(app: Flask) -> None:
     from app import templating
 
     templating.init_app(app)
+
+
+def _has_nul(multidict) -> bool:
+    return any("\x00" in k or "\x00" in v for k, v in multidict.items(multi=True))
+
+
+def refuse_nul_bytes() -> None:
+    """400 for NUL anywhere in the input: PostgreSQL text cannot hold it (psycopg raises
+    DataError, a 500), SQLite would store it, and no legitimate Keydesk input contains one."""
+    if "\x00" in request.path or _has_nul(request.args):
+        abort(400)
+    if request.is_json:
+        raw = request.get_data(cache=True)
+        if b"\x00" in raw or b"\\u0000" in raw.lower():
+            abort(400)
+    elif request.method in ("POST", "PUT", "PATCH") and _has_nul(request.form):
+        abort(400)
 
 
 def security_headers(response):
@@ -62,6 +88,12 @@ def security_headers(response):
         # Portal pages carry per-user data: never store them in shared caches.
         headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def csrf_failed(form) -> bool:
+    """True when a submitted form failed its CSRF check (never when CSRF is switched off)."""
+    token = getattr(form, "csrf_token", None)
+    return bool(token is not None and token.errors)
 
 
 def healthz():

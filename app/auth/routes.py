@@ -13,6 +13,7 @@ from app.clock import utcnow
 from app.errors import InvalidInput
 from app.extensions import db, limiter
 from app.net import client_ip
+from app.web import csrf_failed
 from app.web_actor import request_actor
 
 GENERIC_LOGIN_ERROR = "Incorrect email or password."
@@ -111,7 +112,7 @@ def login():
             return redirect(safe_next(request.args.get("next") or request.form.get("next")))
         error = GENERIC_LOGIN_ERROR
     elif request.method == "POST":
-        error = GENERIC_LOGIN_ERROR if not form.csrf_token.errors else None
+        error = GENERIC_LOGIN_ERROR if not csrf_failed(form) else None
     status = 401 if error else (400 if form.errors else 200)
     return render_template("auth/login.html", form=form, error=error), status
 

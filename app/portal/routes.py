@@ -15,6 +15,7 @@ from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.portal import bp
 from app.portal.forms import AllowedIpsForm, ConfirmForm, NewKeyForm, RotateForm
+from app.web import csrf_failed
 from app.web_actor import request_actor
 
 
@@ -146,7 +147,7 @@ def rotate(key_id: str):
     key = _own_key(key_id)
     form = RotateForm()
     if not form.validate_on_submit():
-        if form.csrf_token.errors:
+        if csrf_failed(form):
             abort(400)
         flash("Grace period: " + "; ".join(form.grace_hours.errors), "error")
         return redirect(url_for("portal.key_detail", key_id=key.key_id))
@@ -168,7 +169,7 @@ def allowed_ips(key_id: str):
     key = _own_key(key_id)
     form = AllowedIpsForm()
     if not form.validate_on_submit():
-        if form.csrf_token.errors:
+        if csrf_failed(form):
             abort(400)
         flash("Allowed IP addresses: " + "; ".join(form.allowed_ips.errors), "error")
         return redirect(url_for("portal.key_detail", key_id=key.key_id))
