@@ -142,7 +142,7 @@ def test_revocation_is_refused_by_every_worker(app, database_url, tmp_path):
 def redis_prefix() -> str:
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5, socket_timeout=10)
     try:
         client.ping()
     except redis.RedisError as exc:
