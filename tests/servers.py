@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class Gunicorn:
     """gunicorn with N sync workers; the access log names the worker pid of each request."""
 
     def __init__(self, env: dict[str, str], workers: int, log_path: Path) -> None:
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -87,18 +89,25 @@ class Gunicorn:
             start_new_session=True,
         )
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until every worker has loaded the app and answered /healthz (a slow machine boots
+        workers one by one; tests that count workers must not start before that)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+
+        def probe(_: int) -> None:
+            with suppress(requests.RequestException):
+                requests.get(self.url + "/healthz", timeout=5)
+
+        with ThreadPoolExecutor(2 * self.workers) as pool:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"gunicorn exited:\n{self.log()}")
+                list(pool.map(probe, range(2 * self.workers)))
+                ready = {pid for pid, status, path in self.access() if status == 200}
+                if len(ready) >= self.workers:
                     return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not answer /healthz:\n{self.log()}")
+                time.sleep(0.1)
+        raise RuntimeError(f"gunicorn workers did not all answer /healthz:\n{self.log()}")
 
     def log(self) -> str:
         self._log.flush()
