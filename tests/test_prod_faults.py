@@ -96,3 +96,53 @@ def test_redis_down_falls_back_to_memory_limits_with_one_warning(app, client, us
     warnings = [r for r in caplog.records if "falling back to in-memory" in r.getMessage()]
     assert len(warnings) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_database_down_under_gunicorn_workers_then_recovers(pg_database, tmp_path):
+    """The same outage seen by three real workers, each with its own connection pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from tests.servers import gunicorn, server_env, web_login
+
+    pg_database.create()
+    if pg_database.error:
+        service_missing(pg_database.error)
+    setup = pg_app(pg_database, {"SQLALCHEMY_DATABASE_URI": pg_database.url})
+    create_user(setup)
+    key = issue_key(setup)
+    with setup.app_context():
+        db.engine.dispose()
+
+    target = make_url(PG_ADMIN_URL)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    proxy.open()
+    url = make_url(pg_database.url).set(host="127.0.0.1", port=proxy.port)
+    env = server_env(url.render_as_string(False))
+    try:
+        with gunicorn(env, 3, tmp_path / "gunicorn.log") as server, ThreadPoolExecutor(6) as pool:
+            portal = web_login(server.url, "alice@example.com")
+
+            def api(_: int):
+                return requests.get(server.url + "/api/v1/me", headers=bearer(key), timeout=30)
+
+            assert {r.status_code for r in pool.map(api, range(12))} == {200}
+
+            proxy.close()
+            down = list(pool.map(api, range(12)))
+            assert {r.status_code for r in down} == {503}
+            assert {r.json()["error"] for r in down} == {"temporarily_unavailable"}
+            assert all(int(r.headers["Retry-After"]) > 0 for r in down)
+            assert requests.get(server.url + "/healthz", timeout=30).status_code == 503
+            page = portal.get(server.url + "/keys", timeout=30)
+            assert page.status_code == 503 and "temporarily unavailable" in page.text
+
+            proxy.open()
+            assert {r.status_code for r in pool.map(api, range(12))} == {200}
+            assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
+            assert portal.get(server.url + "/keys", timeout=30).status_code == 200
+            log = server.log()
+        assert "Traceback" not in log and "Internal Server Error" not in log
+    finally:
+        proxy.close()
