@@ -210,3 +210,18 @@ def test_throttle_page_for_registration_is_generic(app_config, app):
     limited = [r for r in responses if r.status_code == 429]
     assert limited, "registration is rate limited per address"
     assert "Too many attempts" in _visible_text(limited[0])
+
+
+def test_secure_cookie_and_redis_prefix_settings_from_the_environment(tmp_path):
+    from app.config import load_config
+
+    base = {"KEYDESK_SECRET_KEY": "s", "KEYDESK_KEY_PEPPER": "p"}
+    default = load_config(str(tmp_path), env=base)
+    assert default["SESSION_COOKIE_SECURE"] is False  # Secure then follows the request scheme
+    assert default["RATELIMIT_KEY_PREFIX"] == "keydesk"
+    forced = load_config(
+        str(tmp_path),
+        env={**base, "KEYDESK_SECURE_COOKIES": "true", "KEYDESK_RATELIMIT_KEY_PREFIX": "kd-prod"},
+    )
+    assert forced["SESSION_COOKIE_SECURE"] is True and forced["REMEMBER_COOKIE_SECURE"] is True
+    assert forced["RATELIMIT_KEY_PREFIX"] == "kd-prod"
