@@ -146,3 +146,31 @@ def test_database_down_under_gunicorn_workers_then_recovers(pg_database, tmp_pat
         assert "Traceback" not in log and "Internal Server Error" not in log
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("error", ["psycopg", "sqlite3", "sqlalchemy"])
+def test_raw_dbapi_errors_on_the_api_hot_path_are_503(app, client, user, monkeypatch, error):
+    """app/keys/authn.py reads through engine.raw_connection(): its errors are unwrapped."""
+    import sqlite3
+
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from app.keys.authn import Authenticator
+
+    raised = {
+        "psycopg": psycopg.OperationalError("server closed the connection unexpectedly"),
+        "sqlite3": sqlite3.OperationalError("database is locked"),
+        "sqlalchemy": OperationalError("SELECT", {}, Exception("connection refused")),
+    }[error]
+
+    def lookup(self, key_id):
+        raise raised
+
+    key = issue_key(app)
+    monkeypatch.setattr(Authenticator, "lookup", lookup)
+    response = client.get("/api/v1/me", headers=bearer(key))
+    assert response.status_code == 503
+    assert response.json["error"] == "temporarily_unavailable"
+    assert response.headers["Retry-After"] == "5"
+    assert "closed" not in response.get_data(as_text=True)  # no driver detail leaks
