@@ -113,8 +113,10 @@ class Gunicorn:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def access(self) -> list[tuple[int, int, str]]:
-        """(worker pid, status, path) for each request served so far."""
+    def access(self, settle: float = 0.0) -> list[tuple[int, int, str]]:
+        """(worker pid, status, path) for each request served so far. A worker writes the
+        line just after sending the response: `settle` waits for the stragglers."""
+        time.sleep(settle)
         pattern = re.compile(r"ACCESS pid=<?(\d+)>? status=(\d+) path=(\S+)")
         return [
             (int(m.group(1)), int(m.group(2)), m.group(3))
