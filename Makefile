@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export KEYDESK_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 export KEYDESK_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# pytest-xdist workers for `make test` (0: one process). Measured on 2 cores: no gain, as the
+# gunicorn/process tests already use both cores; each xdist worker gets its own PG database.
+PYTEST_WORKERS ?= 0
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
@@ -55,7 +58,7 @@ e2e: $(STAMP) browser
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -54,6 +54,8 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         or instance_secret(instance_path, "key_pepper"),
         "KEYDESK_KEY_PREFIX": prefix,
         "RATELIMIT_STORAGE_URI": env.get("KEYDESK_RATELIMIT_STORAGE_URI", "memory://"),
+        # Several Keydesk deployments (or test runs) can share one Redis.
+        "RATELIMIT_KEY_PREFIX": env.get("KEYDESK_RATELIMIT_KEY_PREFIX", "keydesk"),
         "KEYDESK_API_RATE_LIMIT": env.get("KEYDESK_API_RATE_LIMIT", "600 per minute"),
         "KEYDESK_AUTH_FAILURE_LIMIT": env.get("KEYDESK_AUTH_FAILURE_LIMIT", "60 per minute"),
         "KEYDESK_LOGIN_RATE_LIMIT": env.get("KEYDESK_LOGIN_RATE_LIMIT", "10 per minute"),
@@ -63,6 +65,10 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
+        # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request
+        # is HTTPS (app/web.py SessionInterface), so plain-http development still works.
+        "SESSION_COOKIE_SECURE": _bool(env.get("KEYDESK_SECURE_COOKIES", "false")),
+        "REMEMBER_COOKIE_SECURE": _bool(env.get("KEYDESK_SECURE_COOKIES", "false")),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "REMEMBER_COOKIE_HTTPONLY": True,

@@ -22,5 +22,16 @@ db = SQLAlchemy(metadata=MetaData(naming_convention=naming_convention))
 migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()
+
+
+class KeydeskLimiter(Limiter):
+    """Flask-Limiter remembers "storage is dead" on the extension object, not per app; a newly
+    bound app (each test, a re-created app) starts by trying its configured storage again."""
+
+    def init_app(self, app) -> None:
+        self._storage_dead = False
+        super().init_app(app)
+
+
 # Limits are declared per blueprint/view; nothing is limited by default.
-limiter = Limiter(key_func=client_ip, default_limits=[])
+limiter = KeydeskLimiter(key_func=client_ip, default_limits=[])

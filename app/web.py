@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, render_template, request
+import logging
+
+from flask import (
+    Flask,
+    abort,
+    has_request_context,
+    jsonify,
+    make_response,
+    render_template,
+    request,
+)
+from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from app.extensions import db
+
+log = logging.getLogger(__name__)
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -15,15 +34,45 @@ CSP = (
 )
 
 
+class SessionInterface(SecureCookieSessionInterface):
+    """The session cookie is `Secure` whenever the request came over HTTPS (directly, or via
+    X-Forwarded-Proto from a trusted proxy), and always when KEYDESK_SECURE_COOKIES is on."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        if app.config["SESSION_COOKIE_SECURE"]:
+            return True
+        return has_request_context() and request.is_secure
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = SessionInterface()
+    app.before_request(refuse_nul_bytes)
     app.after_request(security_headers)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.register_error_handler(HTTPException, http_error)
-    app.register_error_handler(OperationalError, database_down)
+    for error_type in database_errors():
+        app.register_error_handler(error_type, database_down)
 
     from app import templating
 
     templating.init_app(app)
+
+
+def _has_nul(multidict) -> bool:
+    return any("\x00" in k or "\x00" in v for k, v in multidict.items(multi=True))
+
+
+def refuse_nul_bytes() -> None:
+    """400 for NUL anywhere in the input: PostgreSQL text cannot hold it (psycopg raises
+    DataError, a 500), SQLite would store it, and no legitimate Keydesk input contains one."""
+    if "\x00" in request.path or _has_nul(request.args):
+        abort(400)
+    if request.is_json:
+        raw = request.get_data(cache=True)
+        if b"\x00" in raw or b"\\u0000" in raw.lower():
+            abort(400)
+    elif request.method in ("POST", "PUT", "PATCH") and _has_nul(request.form):
+        abort(400)
 
 
 def security_headers(response):
@@ -40,12 +89,21 @@ def security_headers(response):
     return response
 
 
+def csrf_failed(form) -> bool:
+    """True when a submitted form failed its CSRF check (never when CSRF is switched off)."""
+    token = getattr(form, "csrf_token", None)
+    return bool(token is not None and token.errors)
+
+
 def healthz():
     try:
         db.session.execute(text("SELECT 1"))
-    except SQLAlchemyError:
-        db.session.rollback()
-        return jsonify(status="unavailable", error="database unavailable"), 503
+    except (SQLAlchemyError, *database_errors()):
+        db.session.close()
+        response = jsonify(status="unavailable", error="database unavailable")
+        response.status_code = 503
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
     return jsonify(status="ok")  # exactly SPEC's body: monitors compare it verbatim
 
 
@@ -77,8 +135,42 @@ def _error_page(status: int, message: str):
     return render_template("error.html", status=status, message=message), status
 
 
+def database_errors() -> tuple[type[Exception], ...]:
+    """What "the database is unreachable" looks like: SQLAlchemy wraps it for the ORM, but the
+    API hot path (app/keys/authn.py) uses raw DBAPI connections, whose errors arrive unwrapped."""
+    import sqlite3
+
+    errors: list[type[Exception]] = [
+        OperationalError,
+        InterfaceError,
+        DisconnectionError,
+        PoolTimeout,
+        sqlite3.OperationalError,
+    ]
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    else:
+        errors += [psycopg.OperationalError, psycopg.InterfaceError]
+    return tuple(errors)
+
+
+UNAVAILABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>503 Service Unavailable</title></head>
+<body><h1>Keydesk is temporarily unavailable</h1>
+<p>Try again in a moment.</p></body></html>
+"""
+RETRY_AFTER_SECONDS = "5"
+
+
 def database_down(error):
-    db.session.rollback()
+    # Never let a half-done transaction or a dead connection leak into the next request.
+    log.warning("database unavailable on %s %s: %s", request.method, request.path, error)
+    try:
+        db.session.rollback()
+    except Exception:  # noqa: BLE001 - the connection is already gone; dropping it is the point
+        db.session.close()
     if request.path.startswith("/api/"):
         from app.api.errors import error_response
 
@@ -86,9 +178,10 @@ def database_down(error):
             503, "temporarily_unavailable", "The service is temporarily unavailable"
         )
     else:
-        response = _error_page(503, "Keydesk is temporarily unavailable; try again shortly.")
-        response = app_response(response)
-    response.headers["Retry-After"] = "5"
+        # A standalone page: the normal layout reads the signed-in user, i.e. the database.
+        response = make_response(UNAVAILABLE_PAGE, 503)
+        response.mimetype = "text/html"
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
     return response
 
 

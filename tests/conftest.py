@@ -1,9 +1,18 @@
 """Shared fixtures: `app` (a fresh database per test, cheap argon2), `client`, `runner`,
-and helpers to create users, sign in and issue keys."""
+and helpers to create users, sign in and issue keys.
+
+`app` is parametrized over both databases: every test that uses it runs as
+`test_x[sqlite]` and `test_x[postgresql]`. SQLite gets a new file per test;
+PostgreSQL gets one fresh database per test session (per xdist worker), tables
+created once and emptied with one TRUNCATE between tests so the PG run stays fast.
+PostgreSQL unreachable: its params are skipped, unless CI=true, where they fail.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +26,19 @@ from app.extensions import db
 
 PASSWORD = "a long test passphrase 42"
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+
+
+def _test_config(overrides: dict) -> dict:
+    config = {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key",
+        "KEYDESK_KEY_PEPPER": "test-pepper",
+        "KEYDESK_ARGON2": FAST_ARGON2,
+        "WTF_CSRF_ENABLED": False,
+        "RATELIMIT_STORAGE_URI": "memory://",
+    }
+    config.update(overrides)
+    return config
 
 
 def make_app(tmp_path, **overrides) -> Flask:
@@ -37,14 +59,121 @@ def make_app(tmp_path, **overrides) -> Flask:
 
 
 @pytest.fixture
-def app_config() -> dict:
-    """Override in a test module (or with indirect parametrization) to change config."""
-    return {}
+def app_config(request) -> dict:
+    """Override in a test module, or parametrize indirectly, to change config:
+    `@pytest.mark.parametrize("app_config", [{"KEY": value}], indirect=True)`."""
+    return dict(getattr(request, "param", {}))
+
+
+PG_ADMIN_URL = os.environ.get(
+    "KEYDESK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("KEYDESK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def service_missing(message: str):
+    """Skip a test whose service (PostgreSQL, Redis) is not running; fail under CI=true."""
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: services are required)")
+    pytest.skip(message)
+
+
+def _libpq_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def pg_connect(dbname: str | None = None):
+    """An autocommit psycopg connection to the test server (admin database by default)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_ADMIN_URL)
+    if dbname:
+        url = url.set(database=dbname)
+    plain = _libpq_url(url.render_as_string(hide_password=False))
+    return psycopg.connect(plain, autocommit=True, connect_timeout=3)
+
+
+class PgDatabase:
+    """One throwaway database: CREATE at first use, DROP at the end of the session."""
+
+    def __init__(self) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.name = f"keydesk_test_{secrets.token_hex(6)}"
+        admin = make_url(PG_ADMIN_URL)
+        self.url = admin.set(database=self.name).render_as_string(hide_password=False)
+        self.created = False
+        self.tables_ready = False
+        self.error: str | None = None
+
+    def create(self) -> None:
+        if self.created or self.error:
+            return
+        try:
+            with pg_connect() as conn:
+                conn.execute(f'CREATE DATABASE "{self.name}"')
+        except Exception as exc:  # psycopg.OperationalError and friends
+            self.error = f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}"
+            return
+        self.created = True
+
+    def drop(self) -> None:
+        if not self.created:
+            return
+        with pg_connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.created = False
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[PgDatabase]:
+    database = PgDatabase()
+    yield database
+    database.drop()
+
+
+def _truncate_all(app: Flask) -> None:
+    tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+    with app.app_context(), db.engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+
+
+def pg_app(pg: PgDatabase, config: dict) -> Flask:
+    """An app on the session's PG database (URL in config), emptied: tables are made once."""
+    app = create_app(_test_config(config))
+    if not pg.tables_ready:
+        with app.app_context():
+            db.create_all()
+        pg.tables_ready = True
+    else:
+        _truncate_all(app)
+    return app
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """The database URL for this test: a new SQLite file, or the session's PG database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.sqlite3'}"
+    pg = request.getfixturevalue("pg_database")
+    pg.create()
+    if pg.error:
+        service_missing(pg.error)
+    return pg.url
 
 
 @pytest.fixture
-def app(tmp_path, app_config) -> Iterator[Flask]:
-    app = make_app(tmp_path, **app_config)
+def app(tmp_path, app_config, database_url, request) -> Iterator[Flask]:
+    config = {"SQLALCHEMY_DATABASE_URI": database_url, **app_config}
+    if database_url.startswith("postgresql"):
+        app = pg_app(request.getfixturevalue("pg_database"), config)
+    else:
+        app = make_app(tmp_path, **config)
     yield app
     with app.app_context():
         db.session.remove()

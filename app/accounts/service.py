@@ -110,12 +110,14 @@ def create_user(
         raise InvalidInput("Role must be admin or member", field="role")
     if check_rules:
         check_password_rules(password, email=email)
+    # Hash first: "email taken" then costs what a new account costs (no timing oracle).
+    password_hash = hash_password(password)
     if email_taken(email):
         raise InvalidInput("An account with this email already exists", field="email")
     user = User(
         tenant=tenant,
         email=email,
-        password_hash=hash_password(password),
+        password_hash=password_hash,
         role=role,
         created_at=now,
         session_version=1,

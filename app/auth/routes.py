@@ -16,6 +16,12 @@ from app.net import client_ip
 from app.web_actor import request_actor
 
 GENERIC_LOGIN_ERROR = "Incorrect email or password."
+# Registering an address that already has an account gets this form-level message, never a
+# "this email is taken" on the field (see SECURITY.md, "Account enumeration").
+GENERIC_REGISTER_ERROR = (
+    "We could not create an account with these details. "
+    "If you already have an account, sign in instead."
+)
 
 
 def safe_next(target: str | None) -> str:
@@ -53,6 +59,7 @@ def register():
     if current_user.is_authenticated:
         return redirect(url_for("portal.keys"))
     form = RegisterForm()
+    error = None
     if form.validate_on_submit():
         try:
             user = accounts.register(
@@ -62,9 +69,13 @@ def register():
                 now=utcnow(),
                 actor=request_actor(form.email.data.strip().lower(), "user"),
             )
-        except InvalidInput as exc:
+        except (InvalidInput, IntegrityError) as exc:
+            # IntegrityError: a concurrent registration of the same email won the race.
             db.session.rollback()
-            getattr(form, exc.field or "email").errors.append(str(exc))
+            if isinstance(exc, IntegrityError) or _email_has_account(form.email.data):
+                error = GENERIC_REGISTER_ERROR
+            else:
+                getattr(form, exc.field or "email").errors.append(str(exc))
         else:
             try:
                 db.session.commit()
@@ -76,7 +87,15 @@ def register():
             _start_session(user)
             flash(f"Welcome! Your organization {user.tenant.name} is ready.", "success")
             return redirect(url_for("portal.keys"))
-    return render_template("auth/register.html", form=form), 400 if form.errors else 200
+    status = 400 if form.errors or error else 200
+    return render_template("auth/register.html", form=form, error=error), status
+
+
+def _email_has_account(email: str) -> bool:
+    try:
+        return accounts.email_taken(accounts.normalize_email(email))
+    except InvalidInput:
+        return False
 
 
 @bp.route("/login", methods=["GET", "POST"])

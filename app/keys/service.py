@@ -258,6 +258,28 @@ def rotate_key(*, key: ApiKey, grace_hours: int, now: datetime, actor: Actor) ->
     return new_row, full_key
 
 
+def set_allowed_ips(*, key: ApiKey, allowed_ips: str | None, now: datetime, actor: Actor) -> None:
+    """Replace the key's IP allow-list (already validated; None: any address). Audited."""
+    if status_of(key, now) in ("revoked", "rotated", "leaked", "expired"):
+        raise Conflict("Only an active key's allow-list can be changed")
+    before = key.allowed_ips
+    if before == allowed_ips:
+        return
+    key.allowed_ips = allowed_ips
+    db.session.flush()
+    audit.record(
+        "key.allowed_ips_changed",
+        actor=actor,
+        now=now,
+        tenant_id=key.tenant_id,
+        target_type="key",
+        target=key.key_id,
+        name=key.name,
+        before=before.split() if before else [],
+        after=allowed_ips.split() if allowed_ips else [],
+    )
+
+
 def get_user_key(*, user: User, key_id: str) -> ApiKey:
     """One of the user's own keys; NotFound for anything else (other users, other tenants)."""
     key = db.session.execute(

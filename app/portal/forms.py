@@ -101,5 +101,13 @@ class RotateForm(FlaskForm):
     )
 
 
+class AllowedIpsForm(FlaskForm):
+    allowed_ips = TextAreaField(
+        "Allowed IP addresses",
+        validators=[Optional(), Length(max=2000)],
+        description="One address or CIDR range per line, IPv4 or IPv6. Empty: any address.",
+    )
+
+
 class ConfirmForm(FlaskForm):
     """A POST with only the CSRF token (revoke buttons)."""

@@ -14,7 +14,8 @@ from app.keys.authn import validate_allowed_ips
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.portal import bp
-from app.portal.forms import ConfirmForm, NewKeyForm, RotateForm
+from app.portal.forms import AllowedIpsForm, ConfirmForm, NewKeyForm, RotateForm
+from app.web import csrf_failed
 from app.web_actor import request_actor
 
 
@@ -106,7 +107,9 @@ def key_detail(key_id: str):
     return _detail_page(_own_key(key_id), RotateForm())
 
 
-def _detail_page(key, rotate_form: RotateForm, status: int = 200):
+def _detail_page(
+    key, rotate_form: RotateForm, status: int = 200, ip_form: AllowedIpsForm | None = None
+):
     now = utcnow()
     today = now.date()
     days = [today - timedelta(days=n) for n in range(29, -1, -1)]
@@ -120,6 +123,7 @@ def _detail_page(key, rotate_form: RotateForm, status: int = 200):
         ips=recent_ips(key),
         rotate_form=rotate_form,
         revoke_form=ConfirmForm(),
+        ip_form=ip_form or AllowedIpsForm(allowed_ips="\n".join((key.allowed_ips or "").split())),
     )
     return page, status
 
@@ -161,7 +165,7 @@ def rotate(key_id: str):
     key = _own_key(key_id)
     form = RotateForm()
     if not form.validate_on_submit():
-        if "csrf_token" in form.errors:
+        if csrf_failed(form):
             abort(400)
         # The key's page again, with the message beside the grace period field.
         return _detail_page(key, form, 400)
@@ -175,3 +179,29 @@ def rotate(key_id: str):
         return redirect(url_for("portal.key_detail", key_id=key.key_id))
     db.session.commit()
     return _reveal(new_row, full_key, rotated_from=key)
+
+
+@bp.post("/keys/<key_id>/allowed-ips")
+def allowed_ips(key_id: str):
+    """Replace a key's IP allow-list (empty: any address); audited."""
+    key = _own_key(key_id)
+    form = AllowedIpsForm()
+    if not form.validate_on_submit():
+        if csrf_failed(form):
+            abort(400)
+        return _detail_page(key, RotateForm(), 400, ip_form=form)
+    try:
+        value = validate_allowed_ips(form.allowed_ips.data or "")
+    except ValueError as exc:
+        form.allowed_ips.errors = [*form.allowed_ips.errors, str(exc)]
+        return _detail_page(key, RotateForm(), 400, ip_form=form)
+    try:
+        keys.set_allowed_ips(key=key, allowed_ips=value, now=utcnow(), actor=request_actor())
+    except Conflict as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+    else:
+        db.session.commit()
+        flash("Allowed IP addresses saved." if value else "This key now works from any address.",
+              "success")  # fmt: skip
+    return redirect(url_for("portal.key_detail", key_id=key.key_id))
