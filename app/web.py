@@ -67,12 +67,13 @@ def refuse_nul_bytes() -> None:
     DataError, a 500), SQLite would store it, and no legitimate Keydesk input contains one."""
     if "\x00" in request.path or _has_nul(request.args):
         abort(400)
-    if request.is_json:
-        raw = request.get_data(cache=True)
-        if b"\x00" in raw or b"\\u0000" in raw.lower():
+    if request.method in ("POST", "PUT", "PATCH"):
+        # Read the raw body (cached, so views and form parsing still see it) rather than
+        # request.form, which would consume the stream before a JSON view reads it.
+        raw = request.get_data(cache=True).lower()
+        encoded = b"\\u0000" if request.is_json else b"%00"
+        if b"\x00" in raw or encoded in raw:
             abort(400)
-    elif request.method in ("POST", "PUT", "PATCH") and _has_nul(request.form):
-        abort(400)
 
 
 def security_headers(response):

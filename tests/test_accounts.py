@@ -85,7 +85,10 @@ def test_register_with_an_existing_email_is_refused_without_a_new_tenant(app, cl
     create_user(app, "dev@example.com")
     response = register(client, organization="Other Org")
     assert response.status_code == 400
-    assert "already exists" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    # No account enumeration: the answer does not say that the address has an account.
+    assert "We could not create an account with these details" in page
+    assert "already exists" not in page
     with app.app_context():
         assert accounts.get_tenant_by_slug("other-org") is None
 

@@ -278,6 +278,7 @@ def _plan(app, filters: inventory.KeyFilter) -> str:
         return " | ".join(row[-1] for row in rows)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # EXPLAIN QUERY PLAN
 def test_page_queries_use_the_tenant_indexes(app, user):
     for sort, index in (
         ("created", "ix_api_keys_tenant_created"),

@@ -256,9 +256,11 @@ def test_another_users_key_is_404_everywhere(app, client, user, other):
 
 
 def test_unknown_key_id_is_404(signed_in):
-    for kid in ("nope", "x" * 500, "%00", "<script>"):
+    for kid in ("nope", "x" * 500, "<script>"):
         assert signed_in.get(f"/keys/{kid}").status_code == 404
         assert signed_in.post(f"/keys/{kid}/revoke").status_code == 404
+    # A NUL byte is refused as a bad request before any lookup (PostgreSQL cannot hold it).
+    assert signed_in.get("/keys/%00").status_code == 400
 
 
 @pytest.mark.parametrize(
