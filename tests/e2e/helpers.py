@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -67,6 +68,22 @@ def assert_no_secret(page: Page, *secrets: str) -> None:
     for secret in secrets:
         tail = secret.rsplit("_", 1)[1]
         assert tail not in html, f"secret shown on {page.url}"
+
+
+def mark(server, key_id: str, **columns) -> None:
+    """Set columns of a key straight in the server's database (times as Unix seconds), for
+    states a test cannot wait for: created months ago, last used weeks ago."""
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with sqlite3.connect(server.db_path, timeout=10) as db:
+        db.execute(
+            f"UPDATE api_keys SET {assignments} WHERE key_id = ?",  # noqa: S608 (names are ours)
+            (*columns.values(), key_id),
+        )
+
+
+def no_sideways_scroll(page, where: str, width: int = 375) -> None:
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= width, f"{where} is {scroll}px wide on a {width}px phone"
 
 
 AXE_SERIOUS = ("serious", "critical")

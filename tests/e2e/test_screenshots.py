@@ -14,7 +14,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.e2e.helpers import check_a11y, create_key, key_id_of, register
+from tests.e2e.helpers import check_a11y, create_key, key_id_of, mark, register
 
 
 def _db(server):
@@ -36,15 +36,6 @@ def seed_usage(server, key_id: str, days: int = 30) -> None:
                 " ON CONFLICT (api_key_id, day) DO UPDATE SET count = count + excluded.count",
                 (pk, day.isoformat(), count),
             )
-
-
-def mark(server, key_id: str, **columns) -> None:
-    assignments = ", ".join(f"{name} = ?" for name in columns)
-    with _db(server) as db:
-        db.execute(
-            f"UPDATE api_keys SET {assignments} WHERE key_id = ?",  # noqa: S608 (names are ours)
-            (*columns.values(), key_id),
-        )
 
 
 def shoot(page, screenshots, name: str, **options) -> None:
