@@ -26,6 +26,8 @@ from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.web_actor import request_actor
 
+bp.add_app_template_filter(auditlog.readable_details, "readable_details")
+
 
 def _page_number() -> int:
     raw = request.args.get("page", "1")

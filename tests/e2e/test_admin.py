@@ -11,8 +11,11 @@ import requests
 from playwright.sync_api import expect
 
 from tests.e2e.helpers import (
+    NEW_PASSWORD,
     check_a11y,
     create_key,
+    invite,
+    join,
     key_id_of,
     mark,
     no_sideways_scroll,
@@ -22,7 +25,6 @@ from tests.e2e.helpers import (
 )
 
 DAY = 86400
-NEW_PASSWORD = "a member's own long passphrase 9"
 
 
 def me(server, secret: str) -> requests.Response:
@@ -58,27 +60,6 @@ def filter_inventory(page, **fields) -> dict[str, str]:
     with page.expect_navigation():
         form.get_by_role("button", name="Filter").click()
     return listed(page)
-
-
-def invite(admin, email: str) -> str:
-    """Admin creates an invitation at /admin/members; returns the one-time link."""
-    admin.goto("/admin/members")
-    admin.get_by_label("Email").fill(email)
-    admin.get_by_role("button", name="Create invitation link").click()
-    expect(admin.get_by_role("heading", name=f"Invitation for {email}")).to_be_visible()
-    return admin.locator("#invite-link").input_value()
-
-
-def join(new_context, link: str, org: str):
-    """The invited person opens the link in their own browser and chooses a password."""
-    page = new_context().new_page()
-    page.goto(link)
-    expect(page.get_by_role("heading", name=f"Join {org}")).to_be_visible()
-    page.get_by_label("Choose a password").fill(NEW_PASSWORD)
-    page.get_by_label("Confirm password").fill(NEW_PASSWORD)
-    page.get_by_role("button", name=f"Join {org}").click()
-    expect(page).to_have_url(re.compile(r"/keys$"))
-    return page
 
 
 def test_invite_is_accepted_in_a_second_browser_and_deactivation_is_confirmed(
@@ -185,7 +166,7 @@ def test_admin_filters_the_inventory_and_incident_revokes(page, new_context, ser
     assert set(everything) == set(ids.values())
     expect(page.locator("#result-count")).to_contain_text("6 keys")
     deploy_row = page.locator(f"tr[data-key-id='{ids['deploy']}']")
-    expect(deploy_row.locator("td[data-label='Last IP']")).to_have_text("127.0.0.1")
+    expect(deploy_row.locator("td[data-label='Last used']")).to_have_text("just now from 127.0.0.1")
     expect(deploy_row.locator("td[data-label='Owner']")).to_have_text(admin)
     expect(page.locator("tr.mark-expiring")).to_have_attribute("data-key-id", ids["backup"])
     expect(page.locator("tr.mark-unused")).to_have_attribute("data-key-id", ids["laptop"])
@@ -348,7 +329,10 @@ def test_policy_limits_what_a_member_may_create(page, new_context, server, axe_p
     page.get_by_role("button", name="Filter").click()
     change = page.locator("tr[data-action='policy.changed']")
     expect(change).to_have_count(1)
-    expect(change.locator("td[data-label=Details]")).to_contain_text('"max_key_lifetime_days":30')
+    details = change.locator("td[data-label=Details]")
+    expect(details).to_contain_text("max_key_lifetime_days 0 → 30")
+    expect(details).to_contain_text("require_expiry false → true")
+    expect(details).to_contain_text("member_scopes")
 
 
 def test_admin_pages_fit_a_phone(new_context, server):
