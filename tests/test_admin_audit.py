@@ -244,3 +244,22 @@ def test_admin_actions_are_audited(app, signed_in):
         "member.deactivated",
     } <= {e.action for e in events}
     assert all(e.ip == "127.0.0.1" for e in events)
+
+
+def test_details_are_shown_briefly_and_changes_as_old_to_new():
+    from app.admin.auditlog import readable_details
+
+    raw = (
+        '{"before": {"max_key_lifetime_days": 0, "require_expiry": false, "member_scopes": ["a"]},'
+        ' "after": {"max_key_lifetime_days": 30, "require_expiry": false, "member_scopes": ["a"]},'
+        ' "expires_at": "2026-12-27T06:12:29.115000+00:00", "note": "' + "x" * 200 + '"}'
+    )
+    shown = dict(readable_details(raw))
+    assert shown["max_key_lifetime_days"] == "0 → 30"
+    assert "require_expiry" not in shown and "member_scopes" not in shown  # unchanged
+    assert shown["expires_at"] == "2026-12-27 06:12 UTC"
+    assert len(shown["note"]) == 80 and shown["note"].endswith("…")
+    assert readable_details('{"before": "member", "after": "admin"}') == [
+        ("change", "member → admin")
+    ]
+    assert readable_details("{}") == [] and readable_details(None) == []

@@ -193,6 +193,30 @@ def test_admin_revokes_a_single_key_and_foreign_keys_are_404(app, signed_in, zoo
         assert event.action == "key.revoked" and event.actor == "alice@example.com"
 
 
+def test_single_revoke_is_confirmed_on_its_own_page_and_returns_to_the_list(signed_in, zoo):
+    listing = BeautifulSoup(signed_in.get("/admin/keys?owner=bob@example.com").data, "html.parser")
+    row = listing.select_one(f'tr[data-key-id="{zoo["bob"]}"]')
+    assert not row.select("form")  # no one-click revoke
+    link = row.select_one("a[href*='/revoke']")["href"]
+    assert link.startswith(f"/admin/keys/{zoo['bob']}/revoke?next=")
+
+    page = signed_in.get(link)  # looking does nothing
+    assert zoo["bob"] not in listed(signed_in, status="revoked")
+    soup = BeautifulSoup(page.get_data(as_text=True), "html.parser")
+    assert "Revoke “Bob staging”?" in soup.get_text(" ", strip=True)
+    form = soup.select_one("main form[method=post]")
+    assert form["action"] == f"/admin/keys/{zoo['bob']}/revoke"
+    back = form.select_one("input[name=next]")["value"]
+    assert back == "/admin/keys?owner=bob@example.com"
+    done = signed_in.post(form["action"], data={"next": back})
+    assert done.status_code == 302 and done.headers["Location"] == back
+    assert zoo["bob"] in listed(signed_in, status="revoked")
+    # an outside `next` is not followed
+    evil = signed_in.get(f"/admin/keys/{zoo['expiring']}/revoke?next=//evil.example/admin/")
+    evil_form = BeautifulSoup(evil.get_data(as_text=True), "html.parser")
+    assert evil_form.select_one("input[name=next]")["value"] == f"/admin/keys/{zoo['expiring']}"
+
+
 def test_incident_revoke_confirms_the_count_then_revokes_only_working_matches(app, signed_in):
     create_user(app, "bob@example.com", role="member")
     now = utcnow()

@@ -205,10 +205,35 @@ def test_deactivation_ends_sessions_blocks_sign_in_and_revokes_keys(app, signed_
     assert "deactivated" in members_table(signed_in)["bob@example.com"]
 
 
+def test_deactivation_is_confirmed_on_a_page_that_states_the_keys_at_stake(app, signed_in):
+    create_user(app, "bob@example.com", role="member")
+    issue_key(app, "bob@example.com", name="bob ci")
+    issue_key(app, "bob@example.com", name="bob laptop")
+    bob = user_id(app, "bob@example.com")
+    soup = BeautifulSoup(signed_in.get("/admin/members").get_data(as_text=True), "html.parser")
+    row = soup.select_one('tr[data-user="bob@example.com"]')
+    assert not row.select("form[action$='/deactivate']")  # no one-click deactivation
+    link = row.select_one("a[href$='/deactivate']")["href"]
+
+    page = signed_in.get(link)  # looking does nothing
+    assert page.status_code == 200
+    text = " ".join(BeautifulSoup(page.get_data(as_text=True), "html.parser").get_text().split())
+    assert "Deactivate bob@example.com?" in text and "2 working keys are revoked" in text
+    assert members_table(signed_in)["bob@example.com"].count("deactivated") == 0
+
+    form = BeautifulSoup(page.get_data(as_text=True), "html.parser").select_one("main form")
+    assert form["method"] == "post" and form["action"] == f"/admin/members/{bob}/deactivate"
+    done = signed_in.post(form["action"], follow_redirects=True)
+    assert "2 keys revoked" in done.get_data(as_text=True)
+    again = signed_in.get(link).get_data(as_text=True)
+    assert "already deactivated" in again and "/deactivate" not in again
+
+
 def test_members_of_other_tenants_are_404(app, signed_in):
     create_user(app, "eve@other.example", tenant="other", role="member")
     eve = user_id(app, "eve@other.example")
     assert signed_in.post(f"/admin/members/{eve}/deactivate").status_code == 404
+    assert signed_in.get(f"/admin/members/{eve}/deactivate").status_code == 404
     assert signed_in.post(f"/admin/members/{eve}/role", data={"role": "admin"}).status_code == 404
 
 

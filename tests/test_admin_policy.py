@@ -89,7 +89,13 @@ def test_new_key_form_offers_only_what_the_policy_allows(app, client, user):
     response = client.post(
         "/keys/new", data={"name": "x", "scopes": ["deploy:production"], "expires_in_days": "30"}
     )
-    assert response.status_code == 400  # not offered, so not accepted
+    assert response.status_code == 400  # not offered, so not accepted, naming the rule
+    assert "does not let members grant: deploy:production" in response.get_data(as_text=True)
+    never = client.post(
+        "/keys/new", data={"name": "x", "scopes": ["api:read"], "expires_in_days": "0"}
+    )
+    assert never.status_code == 400
+    assert "policy requires every key to expire" in never.get_data(as_text=True)
 
 
 def test_portal_rotation_is_refused_with_the_rule(app, client, user):

@@ -59,6 +59,15 @@ def list_members(*, tenant: Tenant, now: datetime) -> list[MemberRow]:
     return [MemberRow(user=u, key_count=w, total_keys=t) for u, w, t in rows]
 
 
+def count_working_keys(*, user: User, now: datetime) -> int:
+    """How many of the user's keys work right now (what deactivating them would revoke)."""
+    from app.admin.inventory import working
+
+    return db.session.execute(
+        select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user.id, working(now))
+    ).scalar_one()
+
+
 def get_member(*, tenant: Tenant, user_id: int) -> User:
     user = db.session.get(User, user_id)
     if user is None or user.tenant_id != tenant.id:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -193,3 +194,43 @@ def export_json(events: Iterator[AuditEvent]) -> Iterator[str]:
         yield ("" if first else ",") + "\n" + json.dumps(event_json(event), sort_keys=True)
         first = False
     yield "\n]\n"
+
+
+_ISO_TIME = re.compile(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d)(:\d\d(\.\d+)?)?(\+00:00|Z)?")
+
+
+def _shown(value, limit: int = 80) -> str:
+    if isinstance(value, str) and (stamp := _ISO_TIME.fullmatch(value)):
+        return f"{stamp[1]} {stamp[2]} UTC"  # as the rest of the page writes times
+    if isinstance(value, bool) or value is None:
+        text = json.dumps(value)
+    elif isinstance(value, list):
+        text = ", ".join(str(v) for v in value) or "none"
+    elif isinstance(value, dict):
+        text = json.dumps(value, separators=(",", ":"))
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def readable_details(raw: str | None) -> list[tuple[str, str]]:
+    """An event's details as short (name, value) pairs for the log page; a before/after
+    pair shows only what changed, as "old → new". The exports keep the raw JSON."""
+    try:
+        data = json.loads(raw or "{}")
+    except ValueError:
+        return [("details", _shown(raw))]
+    if not isinstance(data, dict):
+        return [("details", _shown(data))]
+    out: list[tuple[str, str]] = []
+    before, after = data.pop("before", None), data.pop("after", None)
+    if isinstance(before, dict) and isinstance(after, dict):
+        for name in [*before, *(k for k in after if k not in before)]:
+            if before.get(name) != after.get(name):
+                out.append(
+                    (name, f"{_shown(before.get(name), 40)} → {_shown(after.get(name), 40)}")
+                )
+    elif before is not None or after is not None:
+        out.append(("change", f"{_shown(before, 40)} → {_shown(after, 40)}"))
+    out.extend((name, _shown(value)) for name, value in data.items())
+    return out

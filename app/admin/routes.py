@@ -26,6 +26,8 @@ from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.web_actor import request_actor
 
+bp.add_app_template_filter(auditlog.readable_details, "readable_details")
+
 
 def _page_number() -> int:
     raw = request.args.get("page", "1")
@@ -105,6 +107,27 @@ def key_detail(key_id: str):
     )
 
 
+def _admin_back(default: str) -> str:
+    """A same-site /admin/ path to return to (open redirects are refused)."""
+    back = request.values.get("next") or ""
+    if back.startswith("/admin/") and not back.startswith("//") and "\\" not in back:
+        return back
+    return default
+
+
+@bp.get("/keys/<key_id>/revoke")
+def confirm_revoke_key(key_id: str):
+    """Revoking cannot be undone: confirm on a page of its own, which needs no JavaScript."""
+    key = _tenant_key(key_id)
+    return render_template(
+        "admin/confirm_revoke_key.html",
+        key=key,
+        status=keys.status_of(key, utcnow()),
+        back=_admin_back(url_for("admin.key_detail", key_id=key.key_id)),
+        form=ConfirmForm(),
+    )
+
+
 @bp.post("/keys/<key_id>/revoke")
 def revoke_key(key_id: str):
     key = _tenant_key(key_id)
@@ -118,10 +141,7 @@ def revoke_key(key_id: str):
     else:
         db.session.commit()
         flash(f"Key “{key.name}” ({key.key_id}) is revoked. It no longer works.", "success")
-    back = request.form.get("next") or ""
-    if back.startswith("/admin/") and not back.startswith("//"):
-        return redirect(back)
-    return redirect(url_for("admin.keys"))
+    return redirect(_admin_back(url_for("admin.keys")))
 
 
 # --- policy -------------------------------------------------------------------------
@@ -235,6 +255,18 @@ def change_role(user_id: int):
         if changed:
             flash(f"{user.email} is now {user.role}.", "success")
     return redirect(url_for("admin.members"))
+
+
+@bp.get("/members/<int:user_id>/deactivate")
+def confirm_deactivate(user_id: int):
+    """Deactivation revokes every key of the member: confirm on a page that needs no script."""
+    user = _member(user_id)
+    return render_template(
+        "admin/confirm_deactivate.html",
+        member=user,
+        key_count=members_service.count_working_keys(user=user, now=utcnow()),
+        form=ConfirmForm(),
+    )
 
 
 @bp.post("/members/<int:user_id>/deactivate")

@@ -11,6 +11,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from app.accounts.policy import EXPIRY_CHOICES
 from app.keys.scopes import ALL_SCOPES, DESCRIPTIONS
 
 
@@ -20,11 +21,12 @@ class MultiCheckboxField(SelectMultipleField):
 
 
 class ScopesField(MultiCheckboxField):
-    """Scope checkboxes; names a scope that is unknown or not grantable instead of WTForms'
-    generic "not a valid choice"."""
+    """Scope checkboxes; names an unknown scope instead of WTForms' generic "not a valid
+    choice". A real scope that is not offered passes through, so the tenant policy check
+    in keys.service refuses it naming the rule ("does not let members grant: …")."""
 
     def pre_validate(self, form) -> None:
-        offered = {choice.value for choice in self.choices}
+        offered = {choice.value for choice in self.choices} | set(ALL_SCOPES)
         refused = [value for value in self.data or () if value not in offered]
         if refused:
             shown = ", ".join(str(v)[:40] for v in refused[:5])
@@ -35,7 +37,9 @@ EXPIRY_MESSAGE = "Choose one of the offered expiry periods"
 
 
 class ExpiryField(SelectField):
-    """Expiry in days from the offered choices, with one plain message for anything else."""
+    """Expiry in days from the offered choices, with one plain message for anything else.
+    A standard period the policy removed (e.g. "never") passes through, so the policy check
+    refuses it naming the rule instead."""
 
     def process_formdata(self, valuelist) -> None:
         if not valuelist:
@@ -48,7 +52,8 @@ class ExpiryField(SelectField):
     def pre_validate(self, form) -> None:
         if self.process_errors:
             return  # already explained
-        if self.data not in {choice.value for choice in self.choices}:
+        offered = {choice.value for choice in self.choices} | set(EXPIRY_CHOICES)
+        if self.data not in offered:
             raise ValidationError(EXPIRY_MESSAGE)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -67,6 +68,46 @@ def assert_no_secret(page: Page, *secrets: str) -> None:
     for secret in secrets:
         tail = secret.rsplit("_", 1)[1]
         assert tail not in html, f"secret shown on {page.url}"
+
+
+NEW_PASSWORD = "a member's own long passphrase 9"
+
+
+def invite(admin, email: str) -> str:
+    """Admin creates an invitation at /admin/members; returns the one-time link."""
+    admin.goto("/admin/members")
+    admin.get_by_label("Email").fill(email)
+    admin.get_by_role("button", name="Create invitation link").click()
+    expect(admin.get_by_role("heading", name=f"Invitation for {email}")).to_be_visible()
+    return admin.locator("#invite-link").input_value()
+
+
+def join(new_context, link: str, org: str):
+    """The invited person opens the link in their own browser and chooses a password."""
+    page = new_context().new_page()
+    page.goto(link)
+    expect(page.get_by_role("heading", name=f"Join {org}")).to_be_visible()
+    page.get_by_label("Choose a password").fill(NEW_PASSWORD)
+    page.get_by_label("Confirm password").fill(NEW_PASSWORD)
+    page.get_by_role("button", name=f"Join {org}").click()
+    expect(page).to_have_url(re.compile(r"/keys$"))
+    return page
+
+
+def mark(server, key_id: str, **columns) -> None:
+    """Set columns of a key straight in the server's database (times as Unix seconds), for
+    states a test cannot wait for: created months ago, last used weeks ago."""
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with sqlite3.connect(server.db_path, timeout=10) as db:
+        db.execute(
+            f"UPDATE api_keys SET {assignments} WHERE key_id = ?",  # noqa: S608 (names are ours)
+            (*columns.values(), key_id),
+        )
+
+
+def no_sideways_scroll(page, where: str, width: int = 375) -> None:
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= width, f"{where} is {scroll}px wide on a {width}px phone"
 
 
 AXE_SERIOUS = ("serious", "critical")

@@ -195,13 +195,33 @@ def test_member_is_not_an_admin(page, server):
     sign_out(page)
 
     sign_in(page, admin)
-    admin_page = page.goto("/admin/keys")
-    if admin_page.status == 404:
-        pytest.skip("the admin pages are not in this build yet")
-    assert admin_page.status == 200
+    nav = page.get_by_role("navigation", name="Main")
+    for label, path in ADMIN_PAGES:
+        nav.get_by_role("link", name=label).click()
+        expect(page).to_have_url(re.compile(f"{path}$"))
+    page.goto("/admin/keys")
+    expect(page.locator("tr", has=page.get_by_text("member key"))).to_contain_text(member)
     sign_out(page)
+
     sign_in(page, member)
-    assert page.goto("/admin/keys").status == 403
+    for _label, path in ADMIN_PAGES:
+        response = page.goto(path)
+        assert response.status == 403, path
+        expect(page.get_by_role("heading", level=1)).to_contain_text("403")
+    # Nor can a member act through an admin form.
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    answer = page.request.post(
+        "/admin/policy", form={"csrf_token": token, "max_key_lifetime_days": "1"}
+    )
+    assert answer.status == 403
+
+
+ADMIN_PAGES = [
+    ("All keys", "/admin/keys"),
+    ("Members", "/admin/members"),
+    ("Policy", "/admin/policy"),
+    ("Audit log", "/admin/audit"),
+]
 
 
 def test_keyboard_only_new_key(page):

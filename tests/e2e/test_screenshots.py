@@ -14,7 +14,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.e2e.helpers import check_a11y, create_key, key_id_of, register
+from tests.e2e.helpers import check_a11y, create_key, invite, join, key_id_of, mark, register
 
 
 def _db(server):
@@ -36,15 +36,6 @@ def seed_usage(server, key_id: str, days: int = 30) -> None:
                 " ON CONFLICT (api_key_id, day) DO UPDATE SET count = count + excluded.count",
                 (pk, day.isoformat(), count),
             )
-
-
-def mark(server, key_id: str, **columns) -> None:
-    assignments = ", ".join(f"{name} = ?" for name in columns)
-    with _db(server) as db:
-        db.execute(
-            f"UPDATE api_keys SET {assignments} WHERE key_id = ?",  # noqa: S608 (names are ours)
-            (*columns.values(), key_id),
-        )
 
 
 def shoot(page, screenshots, name: str, **options) -> None:
@@ -91,7 +82,7 @@ def demo(new_context, server):
     return page, keys
 
 
-def test_screenshots(demo, screenshots, axe_path, new_context):
+def test_screenshots(demo, screenshots, axe_path, new_context, server):
     page, keys = demo
 
     page.goto("/keys")
@@ -121,7 +112,36 @@ def test_screenshots(demo, screenshots, axe_path, new_context):
     shoot(page, screenshots, "keys-phone.png")
     page.set_viewport_size({"width": 1280, "height": 800})
 
-    for path, name in (("/admin/keys", "admin-keys.png"), ("/admin/audit", "admin-audit.png")):
-        if page.goto(path).status == 200:
-            check_a11y(page, axe_path, path)
-            shoot(page, screenshots, name)
+    # The admin's view: a colleague joined by invitation, one of her keys unused for weeks.
+    grace = join(new_context, invite(page, "grace@acme.example"), "Acme Robotics")
+    export = key_id_of(create_key(grace, "Analytics export", ("api:read",), "90 days"))
+    cron = key_id_of(create_key(grace, "Cron report", ("api:read", "api:write"), "365 days"))
+    now, day = int(time.time()), 86400
+    mark(server, export, created_at=now - 20 * day)
+    mark(server, cron, created_at=now - 120 * day, last_used_at=now - 52 * day,
+         last_used_ip="10.20.0.14")  # fmt: skip
+    page.goto("/admin/policy")
+    page.get_by_label("Maximum key lifetime (days)").fill("365")
+    page.get_by_label("Every key must expire").check()
+    page.get_by_role("button", name="Save policy").click()
+    expect(page.get_by_role("status")).to_contain_text("Policy saved")
+
+    page.goto("/admin/keys")
+    expect(page.locator("tr.mark-expiring")).to_have_attribute("data-key-id", keys["backup"])
+    expect(page.locator("tr.mark-unused")).to_have_attribute("data-key-id", cron)
+    expect(page.locator(f"tr[data-key-id='{export}'] td[data-label=Owner]")).to_have_text(
+        "grace@acme.example"
+    )
+    check_a11y(page, axe_path, "admin inventory")
+    shoot(page, screenshots, "admin-keys.png", full_page=True)
+
+    page.set_viewport_size({"width": 1280, "height": 1300})  # the filters and a dozen events
+    page.goto("/admin/audit")
+    actions = page.eval_on_selector_all(
+        "tr[data-action]", "rows => rows.map(r => r.dataset.action)"
+    )
+    assert actions[:3] == ["policy.changed", "key.issued", "key.issued"], actions
+    for action in ("invite.created", "invite.accepted", "key.revoked", "key.rotated"):
+        assert action in actions, action
+    check_a11y(page, axe_path, "audit log")
+    shoot(page, screenshots, "admin-audit.png")
