@@ -3,8 +3,9 @@
     .venv/bin/python bench/profile.py [--keys N] [--requests N] [--pyinstrument]
 
 Seeds a temporary SQLite database, then times /api/v1/ping, /api/v1/me and the
-bare Flask app in-process (µs per request, best of 5 rounds, CPU time so other load on the machine distorts less). With
---pyinstrument it prints a call tree for /api/v1/me. Numbers, not tests.
+bare Flask app in-process (µs of CPU time per request, best of 5 rounds: CPU time, so
+that other load on the machine distorts less). With --pyinstrument ping|me|bare it
+prints a call tree for that path. Numbers, not tests.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="keydesk-profile-")
     os.environ.update(
         KEYDESK_DATABASE_URL=f"sqlite:///{tmp}/bench.sqlite3",
-        KEYDESK_SECRET_KEY="bench",
+        KEYDESK_SECRET_KEY="bench",  # noqa: S106 (a throwaway database)
         KEYDESK_KEY_PEPPER="bench-pepper",
         KEYDESK_API_RATE_LIMIT="100000000 per minute",
         KEYDESK_AUTH_FAILURE_LIMIT="100000000 per minute",
@@ -86,8 +87,8 @@ def main() -> None:
     )
     token = seeded.stdout.decode().strip().splitlines()[-1]
 
-    from bench.bare_app import app as bare
     from app import create_app
+    from bench.bare_app import app as bare
 
     app = create_app()
     assert call(app, "/api/v1/me", token).startswith("200"), call(app, "/api/v1/me", token)

@@ -54,7 +54,7 @@ def base_env(database_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         KEYDESK_DATABASE_URL=database_url,
-        KEYDESK_SECRET_KEY="bench-secret-key",
+        KEYDESK_SECRET_KEY="bench-secret-key",  # noqa: S106 (a throwaway database)
         KEYDESK_KEY_PEPPER="bench-pepper",
         KEYDESK_API_RATE_LIMIT=HIGH_LIMIT,
         KEYDESK_AUTH_FAILURE_LIMIT=HIGH_LIMIT,
@@ -219,9 +219,11 @@ def run_count(args, count: int) -> dict:
                     f"round {n + 1}/{args.rounds}: "
                     + ", ".join(f"{c} {rounds[c][-1]['rps']:.0f}" for c in CASES)
                 )
-            memory = measure_memory(args, app_url, app_proc, fixtures["valid"]) if (
-                args.memory
-            ) else None
+            memory = (
+                measure_memory(args, app_url, app_proc, fixtures["valid"])
+                if (args.memory)
+                else None
+            )
     best = {case: max(results, key=lambda r: r["rps"]) for case, results in rounds.items()}
     return {
         "keys": count, "database": db_label, "seed_seconds": seed_seconds,
@@ -282,7 +284,9 @@ def table(results: list[dict], args) -> str:
     if len(results) > 1:
         first, last = results[0], results[-1]
         flat = last["best"]["me"]["rps"] / first["best"]["me"]["rps"]
-        notes.append(f"flatness: me rps at {last['keys']:,} / at {first['keys']:,} keys = {flat:.2f}")
+        notes.append(
+            f"flatness: me rps at {last['keys']:,} / at {first['keys']:,} keys = {flat:.2f}"
+        )
     for r in results:
         if r["memory"]:
             m = r["memory"]
@@ -314,7 +318,9 @@ def main() -> None:
         help="seconds per wrk run (env BENCH_DURATION)",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=int(env_default("BENCH_ROUNDS", "3")))
-    parser.add_argument("--connections", type=int, default=int(env_default("BENCH_CONNECTIONS", "4")))
+    parser.add_argument(
+        "--connections", type=int, default=int(env_default("BENCH_CONNECTIONS", "4"))
+    )
     parser.add_argument(
         "--memory", action="store_true", default=bool(os.environ.get("BENCH_MEMORY")),
         help="also measure worker RSS after 20k and 200k /me requests (env BENCH_MEMORY=1)",

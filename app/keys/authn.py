@@ -138,7 +138,10 @@ class Authenticator:
     def _fetch(self, key_id: str) -> tuple | None:
         cursor = self._cursor()
         cursor.execute(self.sql, (key_id,))
-        return cursor.fetchone()
+        # fetchall, not fetchone: stepping past the (unique) row finishes the statement,
+        # so SQLite does not keep a read snapshot open between requests.
+        rows = cursor.fetchall()
+        return rows[0] if rows else None
 
     def lookup(self, key_id: str) -> tuple | None:
         """The key row joined with its tenant and user, or None. One indexed query.
