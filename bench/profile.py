@@ -4,7 +4,7 @@
 
 Seeds a temporary SQLite database, then times /api/v1/ping, /api/v1/me and the
 bare Flask app in-process (µs of CPU time per request, best of 5 rounds: CPU time, so
-that other load on the machine distorts less). With --pyinstrument ping|me|bare it
+that other load on the machine distorts less). With --pyinstrument ping|me|bare|bad it
 prints a call tree for that path. Numbers, not tests.
 """
 
@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--pyinstrument", metavar="PATH", help="profile ping, me or bare")
+    parser.add_argument("--pyinstrument", metavar="PATH", help="profile ping, me, bare or bad")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="keydesk-profile-")
@@ -93,13 +93,15 @@ def main() -> None:
     app = create_app()
     assert call(app, "/api/v1/me", token).startswith("200"), call(app, "/api/v1/me", token)
     n = args.requests
+    bad = token[:-1] + ("A" if token[-1] != "A" else "B")
     rows = [
         ("bare", per_request_us(bare, "/ping", None, n)),
         ("ping", per_request_us(app, "/api/v1/ping", None, n)),
         ("me", per_request_us(app, "/api/v1/me", token, n)),
+        ("bad checksum", per_request_us(app, "/api/v1/me", bad, n)),
     ]
     for name, us in rows:
-        print(f"{name:6s} {us:8.1f} µs/request")
+        print(f"{name:12s} {us:8.1f} µs/request")
     if args.pyinstrument:
         from pyinstrument import Profiler
 
@@ -109,6 +111,7 @@ def main() -> None:
             "bare": (bare, "/ping", None),
             "ping": (app, "/api/v1/ping", None),
             "me": (app, "/api/v1/me", token),
+            "bad": (app, "/api/v1/me", bad),
         }[args.pyinstrument]
         for _ in range(n * 3):
             call(target, path, tok)

@@ -9,10 +9,10 @@ PostgreSQL database created on the given server and dropped afterwards), `flask 
 upgrade`, `flask seed --keys N` (timed), a few keys with known secrets from
 bench/fixtures.py, then two gunicorn servers (Keydesk and bench/bare_app.py, same
 worker settings) driven by wrk one case at a time, ALTERNATING the cases round after
-round so that drift from other load on the machine hits every case alike. The table
-reports each case's best round (the least disturbed one); ratios are computed from
-those. Rate limits are set high so they never trigger. Results also go to
-bench/results/<timestamp>.{txt,json}.
+round so that drift from other load on the machine hits every case alike. Ratios are
+taken within a round (cases measured seconds apart), then the median over rounds; rps
+and latencies are each case's median round. Rate limits are set high so they never
+trigger. Results also go to bench/results/<timestamp>.{txt,json}.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,11 +128,11 @@ def gunicorn(env: dict, target: str, workers: int):
             proc.wait()
 
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 
 def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text).groups()
     return float(number) * _UNITS[unit]
 
 
@@ -209,7 +210,8 @@ def run_count(args, count: int) -> dict:
                 wrk(urls[case], tokens[case], duration=1, connections=args.connections)
             rounds: dict[str, list[dict]] = {case: [] for case in CASES}
             for n in range(args.rounds):
-                for case in CASES:
+                # Rotate the order each round so no case always runs first or last.
+                for case in CASES[n % len(CASES) :] + CASES[: n % len(CASES)]:
                     result = wrk(
                         urls[case], tokens[case], duration=args.duration,
                         connections=args.connections,
@@ -224,11 +226,26 @@ def run_count(args, count: int) -> dict:
                 if (args.memory)
                 else None
             )
-    best = {case: max(results, key=lambda r: r["rps"]) for case, results in rounds.items()}
+    median = {case: _median_by_rps(results) for case, results in rounds.items()}
+
+    def ratio(a: str, b: str) -> float:
+        pairs = zip(rounds[a], rounds[b], strict=True)
+        return statistics.median(x["rps"] / y["rps"] for x, y in pairs)
+
+    refusals = ("revoked", "expired", "unknown", "bad_checksum")
+    ratios = {
+        "ping/bare": ratio("ping", "bare"),
+        "me/ping": ratio("me", "ping"),
+        "refusal/me": min(ratio(case, "me") for case in refusals),
+    }
     return {
         "keys": count, "database": db_label, "seed_seconds": seed_seconds,
-        "best": best, "rounds": rounds, "memory": memory,
+        "median": median, "ratios": ratios, "rounds": rounds, "memory": memory,
     }  # fmt: skip
+
+
+def _median_by_rps(results: list[dict]) -> dict:
+    return sorted(results, key=lambda r: r["rps"])[len(results) // 2]
 
 
 def measure_memory(args, url: str, master: subprocess.Popen, tokens: list[str]) -> dict:
@@ -264,28 +281,33 @@ def measure_memory(args, url: str, master: subprocess.Popen, tokens: list[str]) 
 def table(results: list[dict], args) -> str:
     head = (
         "| keys | db | bare rps | ping rps | me rps | ping/bare | me/ping | me p50 ms | me p99 ms"
-        " | revoked rps | expired rps | unknown rps | bad checksum rps | seed s |"
+        " | revoked rps | expired rps | unknown rps | bad checksum rps | refusal/me | seed s |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
-        b = r["best"]
+        m, q = r["median"], r["ratios"]
         lines.append(
-            f"| {r['keys']:,} | {r['database']} | {b['bare']['rps']:.0f} | {b['ping']['rps']:.0f}"
-            f" | {b['me']['rps']:.0f} | {b['ping']['rps'] / b['bare']['rps']:.2f}"
-            f" | {b['me']['rps'] / b['ping']['rps']:.2f} | {b['me']['p50_ms']:.2f}"
-            f" | {b['me']['p99_ms']:.2f} | {b['revoked']['rps']:.0f} | {b['expired']['rps']:.0f}"
-            f" | {b['unknown']['rps']:.0f} | {b['bad_checksum']['rps']:.0f}"
-            f" | {r['seed_seconds']:.1f} |"
+            f"| {r['keys']:,} | {r['database']} | {m['bare']['rps']:.0f} | {m['ping']['rps']:.0f}"
+            f" | {m['me']['rps']:.0f} | {q['ping/bare']:.2f} | {q['me/ping']:.2f}"
+            f" | {m['me']['p50_ms']:.2f} | {m['me']['p99_ms']:.2f} | {m['revoked']['rps']:.0f}"
+            f" | {m['expired']['rps']:.0f} | {m['unknown']['rps']:.0f}"
+            f" | {m['bad_checksum']['rps']:.0f} | {q['refusal/me']:.2f} | {r['seed_seconds']:.1f} |"
         )
     notes = [
-        f"gunicorn sync workers: {args.workers}; wrk -t1 -c{args.connections}"
-        f" -d{args.duration}s x {args.rounds} alternating rounds (best round shown)"
+        f"gunicorn sync workers: {args.workers}; wrk -t1 -c{args.connections} -d{args.duration}s"
+        f" per case, {args.rounds} rounds alternating all cases. rps and latency: the median"
+        " round; ratios: the median over rounds of the ratio within a round (cases measured"
+        " seconds apart); refusal/me: the slowest refusal case."
     ]
     if len(results) > 1:
         first, last = results[0], results[-1]
-        flat = last["best"]["me"]["rps"] / first["best"]["me"]["rps"]
+        # The key counts run minutes apart, so the raw ratio carries the machine's drift;
+        # me/ping (measured side by side) at each count cancels most of it.
+        raw = last["median"]["me"]["rps"] / first["median"]["me"]["rps"]
+        normalized = last["ratios"]["me/ping"] / first["ratios"]["me/ping"]
         notes.append(
-            f"flatness: me rps at {last['keys']:,} / at {first['keys']:,} keys = {flat:.2f}"
+            f"flatness, me at {last['keys']:,} vs {first['keys']:,} keys: rps ratio {raw:.2f};"
+            f" me/ping ratio {normalized:.2f}"
         )
     for r in results:
         if r["memory"]:
@@ -314,10 +336,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=int(env_default("BENCH_WORKERS", "1")))
     parser.add_argument(
-        "--duration", type=int, default=int(env_default("BENCH_DURATION", "5")),
+        "--duration", type=int, default=int(env_default("BENCH_DURATION", "3")),
         help="seconds per wrk run (env BENCH_DURATION)",
     )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=int(env_default("BENCH_ROUNDS", "3")))
+    parser.add_argument("--rounds", type=int, default=int(env_default("BENCH_ROUNDS", "5")))
     parser.add_argument(
         "--connections", type=int, default=int(env_default("BENCH_CONNECTIONS", "4"))
     )
