@@ -141,10 +141,14 @@ def wrk(url: str, token: str | None, *, duration: int, connections: int) -> dict
     if token:
         cmd[1:1] = ["-H", f"Authorization: Bearer {token}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    try:
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        # Lines of the "Latency Distribution" block; "75.50%" elsewhere must not match.
+        p50 = _ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))
+        p99 = _ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+    except (AttributeError, ValueError):
+        raise RuntimeError(f"could not read wrk's output:\n{out}") from None
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": rps, "p50_ms": p50, "p99_ms": p99, "requests": requests,
@@ -349,6 +353,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--memory-keys", type=int, default=200, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the gunicorn servers and databases are cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (make bench installs it: apt-get install wrk)")
     counts = [int(c.replace("_", "")) for c in args.keys.split(",")]
