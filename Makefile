@@ -12,7 +12,7 @@ PYTEST_WORKERS ?= 0
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint format clean browser e2e
+.PHONY: run test lint format clean browser e2e bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -67,6 +67,16 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Load benchmark (bench/run.py): seeds fresh databases, serves with gunicorn, drives with wrk.
+# Options: make bench BENCH_ARGS="--keys 1000,1000000 --db postgresql+psycopg://postgres@127.0.0.1/postgres"
+# or BENCH_KEYS / BENCH_DB / BENCH_WORKERS / BENCH_DURATION / BENCH_ROUNDS / BENCH_MEMORY=1.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { \
+	  echo "Installing wrk (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Pending:
-    counts: Counter = field(default_factory=Counter)  # date -> requests
+    counts: Counter = field(default_factory=Counter)  # UTC day number (unix // 86400) -> requests
     ips: dict[str, int] = field(default_factory=dict)  # ip -> last seen (unix)
     last_ip: str | None = None
     last_used: int = 0
@@ -50,7 +50,7 @@ class UsageRecorder:
             pending = self._pending.get(ctx.pk)
             if pending is None:
                 pending = self._pending[ctx.pk] = _Pending()
-            pending.counts[datetime.fromtimestamp(now, UTC).date()] += 1
+            pending.counts[now // 86400] += 1  # a date object per request would cost more
             pending.ips[ip] = now
             pending.last_ip = ip
             pending.last_used = now
@@ -108,7 +108,8 @@ def _write(ctx: KeyContext, pending: _Pending, now: int) -> bool:
     if result.rowcount != 1:
         db.session.rollback()
         return False
-    for day, count in pending.counts.items():
+    for day_number, count in pending.counts.items():
+        day = datetime.fromtimestamp(day_number * 86400, UTC).date()
         db.session.execute(
             _upsert(
                 KeyUsageDaily,

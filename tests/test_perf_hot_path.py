@@ -1,0 +1,241 @@
+"""The hot path's promises about database work (counted, never timed).
+
+The API authenticates on raw DBAPI cursors, so SQLAlchemy's before_cursor_execute
+alone would miss its queries: every statement SQLite runs is also counted with
+sqlite3's set_trace_callback on each new connection.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import event, select
+
+from app.api import auth as api_auth
+from app.audit import Actor
+from app.clock import utcnow
+from app.extensions import db
+from app.keys import format as keyformat
+from app.keys import service as keys
+from app.models import ApiKey, KeyUsageDaily
+from tests.conftest import bearer, create_user, issue_key, make_app
+
+
+class StatementLog:
+    """Every statement run on the app's database, by SQLAlchemy or on a raw cursor."""
+
+    def __init__(self, app):
+        self.sqlalchemy: list[str] = []
+        self.sqlite: list[str] = []
+        with app.app_context():
+            engine = db.engine
+
+            @event.listens_for(engine, "before_cursor_execute")
+            def _orm(_conn, _cursor, statement, *_args):
+                self.sqlalchemy.append(statement)
+
+            @event.listens_for(engine, "connect")
+            def _connect(dbapi_connection, _record):
+                dbapi_connection.set_trace_callback(self.sqlite.append)
+
+            # Close what is open now, so every connection used from here on is a new one.
+            engine.dispose()
+
+    def clear(self) -> None:
+        self.sqlalchemy.clear()
+        self.sqlite.clear()
+
+    def writes(self) -> list[str]:
+        verbs = ("INSERT", "UPDATE", "DELETE")
+        return [s for s in self.sqlite if s.lstrip().upper().startswith(verbs)]
+
+    def commits(self) -> int:
+        return sum(1 for s in self.sqlite if s.strip().upper() == "COMMIT")
+
+
+@pytest.fixture
+def statements(app) -> StatementLog:
+    return StatementLog(app)
+
+
+def _key_row(full_key: str) -> ApiKey:
+    """The key's row (call inside an app context)."""
+    key_id = keyformat.parse(full_key).key_id
+    return db.session.execute(select(ApiKey).where(ApiKey.key_id == key_id)).scalar_one()
+
+
+def _warm_up(client) -> None:
+    """One refused call, so the hot path's connection exists (opening it pings once)."""
+    unknown = keyformat.assemble("kd", keyformat.new_key_id(), keyformat.new_secret())
+    assert client.get("/api/v1/me", headers=bearer(unknown)).status_code == 401
+
+
+def test_valid_key_is_served_with_one_lookup(app, client, user, statements):
+    key = issue_key(app)
+    client.get("/api/v1/me", headers=bearer(key))  # first use: records last-used once
+    statements.clear()
+    response = client.get("/api/v1/me", headers=bearer(key))
+    assert response.status_code == 200
+    assert response.get_json()["user"]["email"] == user
+    assert len(statements.sqlite) == 1
+    assert statements.sqlite[0].lstrip().upper().startswith("SELECT")
+    assert statements.sqlalchemy == []
+
+
+def test_bad_checksum_makes_zero_queries(app, client, user, statements):
+    key = issue_key(app)
+    broken = key[:-1] + ("A" if key[-1] != "A" else "B")
+    random_looking = keyformat.assemble("kd", "A" * 12, "B" * 32)[:-6] + "000000"
+    statements.clear()
+    for token in (broken, random_looking, "kd_short", "x" * 200):
+        response = client.get("/api/v1/me", headers=bearer(token))
+        assert response.status_code == 401
+        assert response.get_json()["error"] == "invalid_token"
+    assert statements.sqlite == []
+    assert statements.sqlalchemy == []
+
+
+@pytest.mark.parametrize("case", ["revoked", "expired", "unknown"])
+def test_refused_key_makes_exactly_one_lookup(app, client, user, statements, case):
+    key = issue_key(app)
+    if case == "unknown":
+        key = keyformat.assemble("kd", keyformat.new_key_id(), keyformat.new_secret())
+    else:
+        with app.app_context():
+            row = _key_row(key)
+            if case == "revoked":
+                keys.revoke_key(key=row, now=utcnow(), actor=Actor.cli())
+            else:
+                row.expires_at = utcnow() - timedelta(seconds=1)
+            db.session.commit()
+    _warm_up(client)
+    statements.clear()
+    response = client.get("/api/v1/me", headers=bearer(key))
+    assert response.status_code == 401
+    assert len(statements.sqlite) == 1
+    assert statements.sqlite[0].lstrip().upper().startswith("SELECT")
+    assert statements.sqlalchemy == []
+
+
+def test_revocation_is_seen_on_the_next_request(app, client, user):
+    key = issue_key(app)
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+    with app.app_context():
+        keys.revoke_key(key=_key_row(key), now=utcnow(), actor=Actor.cli())
+        db.session.commit()
+    response = client.get("/api/v1/me", headers=bearer(key))
+    assert response.status_code == 401
+    assert "revoked" in response.get_json()["error_description"]
+
+
+def test_at_most_one_write_per_key_per_minute(app, client, user, statements, monkeypatch):
+    key = issue_key(app)
+    _warm_up(client)
+    statements.clear()
+    for _ in range(200):
+        assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+    updates = [s for s in statements.writes() if s.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) == 1
+    assert statements.commits() == 1
+
+    later = time.time() + 61
+    monkeypatch.setattr(api_auth, "time", SimpleNamespace(time=lambda: later))
+    for _ in range(200):
+        assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+    updates = [s for s in statements.writes() if s.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) == 2
+    assert statements.commits() == 2
+
+    with app.app_context():
+        pk = _key_row(key).id
+        counted = db.session.execute(
+            select(KeyUsageDaily.count).where(KeyUsageDaily.api_key_id == pk)
+        ).scalars()
+        # The first write carried request 1; the second, requests 2-201. The last 199
+        # wait in the worker's buffer for the next minute.
+        assert sum(counted) == 201
+        assert _key_row(key).last_used_at is not None
+
+
+# --- PostgreSQL: a connection that dies is replaced; a database that is down gives 503.
+
+
+@pytest.fixture
+def pg_app(tmp_path):
+    url = os.environ.get("KEYDESK_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("KEYDESK_TEST_PG_URL is not set")
+        pytest.skip("KEYDESK_TEST_PG_URL is not set")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(url)
+    admin_url = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"keydesk_test_perf_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    app = make_app(
+        tmp_path,
+        SQLALCHEMY_DATABASE_URI=server.set(database=name).render_as_string(hide_password=False),
+    )
+    try:
+        yield app, admin_url, name
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _terminate_backends(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+
+
+def test_postgresql_reconnects_and_answers_503_while_down(pg_app):
+    import psycopg
+
+    app, admin_url, name = pg_app
+    create_user(app)
+    key = issue_key(app)
+    client = app.test_client()
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+
+    # The server restarted under us: the next call reconnects and still succeeds.
+    _terminate_backends(admin_url, name)
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+
+    # The database refuses connections: 503 at once, not a hang and not a 500.
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    _terminate_backends(admin_url, name)
+    started = time.monotonic()
+    response = client.get("/api/v1/me", headers=bearer(key))
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "temporarily_unavailable"
+    assert time.monotonic() - started < 10
+
+    # Back up: served again without a restart.
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+
+    # And a revocation committed elsewhere is seen by the very next request.
+    with app.app_context():
+        keys.revoke_key(key=_key_row(key), now=utcnow(), actor=Actor.cli())
+        db.session.commit()
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 401
