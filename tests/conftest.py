@@ -257,3 +257,12 @@ def signed_in(client, user) -> FlaskClient:
     response = login(client)
     assert response.status_code == 302
     return client
+
+
+# For tests that read SQLite-only facts (EXPLAIN QUERY PLAN, sqlite3's statement trace).
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def all_engines(app) -> list:
+    """The app's engine and the API hot path's own lookup engine (app/keys/authn.py)."""
+    return [db.engine, app.extensions["keydesk.authenticator"].engine]

@@ -17,7 +17,7 @@ from app.clock import utcnow
 from app.extensions import db
 from app.keys import service as keys
 from app.models import ApiKey, AuditEvent
-from tests.conftest import bearer, create_user, issue_key, login
+from tests.conftest import bearer, create_user, issue_key, login, sqlite_only
 
 DAY = timedelta(days=1)
 
@@ -302,7 +302,7 @@ def _plan(app, filters: inventory.KeyFilter) -> str:
         return " | ".join(row[-1] for row in rows)
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # EXPLAIN QUERY PLAN
+@sqlite_only  # EXPLAIN QUERY PLAN
 def test_page_queries_use_the_tenant_indexes(app, user):
     for sort, index in (
         ("created", "ix_api_keys_tenant_created"),

@@ -2,7 +2,8 @@
 
 Runs on every API call, so it stays small and avoids the ORM:
 1. parse + CRC32 check (no I/O: a mistyped or random token never reaches the database);
-2. one indexed lookup by key id on a pooled DBAPI connection (no Session, no identity map);
+2. one indexed lookup by key id on a pooled DBAPI connection in autocommit (no Session,
+   no identity map, no ping, no rollback);
 3. HMAC-SHA256(pepper, secret) compared in constant time;
 4. revoked / expired / grace decided from that one row (scopes and IPs by the caller).
 There is no positive cache: a revocation is seen by every worker on its next request.
@@ -12,16 +13,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
-import threading
-from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
+from app.database import configure_engine
 from app.errors import KeyExpired, KeyInvalid, KeyRevoked
 from app.keys import format as keyformat
 
@@ -39,7 +38,6 @@ _LOOKUP = (
 )
 # Spent on unknown key ids too, so "no such key" costs what "wrong secret" costs.
 _DUMMY_DIGEST = bytes(32)
-_INHERITED: list = []  # connections inherited through fork(), deliberately never closed
 
 
 @dataclass(slots=True, frozen=True)
@@ -72,95 +70,58 @@ class Authenticator:
     """Bound once per app to its engine and pepper."""
 
     def __init__(self, engine: Engine, pepper: bytes) -> None:
-        self.engine = engine
         self.pepper = pepper
+        # The lookup gets a small engine of its own, on the same database:
+        # - AUTOCOMMIT: a lookup is one statement and never leaves a transaction (or a
+        #   stale read snapshot) open, so the next lookup sees any revocation committed
+        #   by any worker;
+        # - no pool_pre_ping and no rollback on return: each is an extra round trip per
+        #   request, more than the lookup itself. A connection found dead instead is
+        #   invalidated and the lookup retried once, which is what the ping would buy.
+        self.engine = create_engine(
+            engine.url,
+            isolation_level="AUTOCOMMIT",
+            pool_pre_ping=False,
+            pool_reset_on_return=None,
+        )
+        configure_engine(self.engine)  # SQLite: WAL, busy timeout, foreign keys
+        # Whoever resets the app's engine (tests, a DB failover) resets this one too.
+        event.listen(engine, "engine_disposed", lambda _engine: self.engine.dispose())
         param = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self.sql = _LOOKUP.format(param=param)
-        # Errors that mean "this connection (or the server) is gone", per driver.
         dbapi = engine.dialect.loaded_dbapi
         self._gone = (dbapi.OperationalError, dbapi.InterfaceError)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: dict = {}  # connection -> pid of the process that opened it
-        self._generation = 0
-        event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
-
-    # Why not engine.raw_connection() per request: a pool checkout + return costs
-    # more than the lookup itself (checkout bookkeeping, pool_pre_ping's extra round
-    # trip, and on PostgreSQL a ROLLBACK on return). Instead each thread keeps one
-    # DBAPI connection, detached from the pool and in autocommit, so a lookup is one
-    # statement and never leaves a transaction (or a stale snapshot) open: a revocation
-    # committed by any worker is seen by the next lookup.
-
-    def _cursor(self):
-        local = self._local
-        if getattr(local, "key", None) == (os.getpid(), self._generation):
-            return local.cursor
-        if getattr(local, "pid", None) not in (None, os.getpid()):
-            # Inherited across fork(): the socket is shared with the parent, so the
-            # child must neither use nor close it (closing would end the parent's
-            # PostgreSQL session). Keep a reference so it is never garbage-collected.
-            _INHERITED.append(local.conn)
-            with self._lock:
-                self._open.pop(local.conn, None)
-        fairy = self.engine.raw_connection()  # connect args and "connect" listeners apply
-        fairy.detach()  # ours from now on; the pool opens a replacement when it needs one
-        conn = fairy.dbapi_connection
-        if self.engine.dialect.name == "postgresql":
-            conn.autocommit = True  # SQLite ones are autocommit already (app/database.py)
-        with self._lock:
-            self._open[fairy] = os.getpid()
-        local.conn, local.pid, local.cursor = fairy, os.getpid(), conn.cursor()
-        local.key = (os.getpid(), self._generation)
-        return local.cursor
-
-    def _discard(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.key = self._local.conn = self._local.pid = None
-        if conn is not None:
-            with self._lock:
-                self._open.pop(conn, None)
-            with suppress(Exception):
-                conn.close()
-
-    def close_all(self) -> None:
-        """Close every thread's connection (on engine.dispose()); threads reconnect lazily."""
-        with self._lock:
-            self._generation += 1
-            conns, self._open = self._open, {}
-        for conn, pid in conns.items():
-            if pid != os.getpid():  # opened before a fork: the parent's, not ours to close
-                _INHERITED.append(conn)
-                continue
-            with suppress(Exception):
-                conn.close()
-
-    def _fetch(self, key_id: str) -> tuple | None:
-        cursor = self._cursor()
-        cursor.execute(self.sql, (key_id,))
-        # fetchall, not fetchone: stepping past the (unique) row finishes the statement,
-        # so SQLite does not keep a read snapshot open between requests.
-        rows = cursor.fetchall()
-        return rows[0] if rows else None
 
     def lookup(self, key_id: str) -> tuple | None:
         """The key row joined with its tenant and user, or None. One indexed query.
 
-        A connection that died (database restarted, idle timeout) is replaced and the
-        lookup retried once: the reconnect pool_pre_ping would give, without a ping per
-        request. If the database is really down this raises SQLAlchemy's
-        OperationalError (also what raw_connection() raises when it cannot connect),
-        which app/web.py answers with 503.
+        If the database is down this raises SQLAlchemy's OperationalError, which
+        app/web.py answers with 503.
         """
         try:
             return self._fetch(key_id)
         except self._gone:
-            self._discard()
+            pass  # that connection was dead (database restarted, idle timeout): once more
         try:
             return self._fetch(key_id)
         except self._gone as exc:
-            self._discard()
             raise OperationalError(self.sql, (key_id,), exc) from exc
+
+    def _fetch(self, key_id: str) -> tuple | None:
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(self.sql, (key_id,))
+            # fetchall, not fetchone: stepping past the (unique) row finishes the
+            # statement, so SQLite keeps no read snapshot open between requests.
+            rows = cursor.fetchall()
+            cursor.close()
+            return rows[0] if rows else None
+        except self._gone:
+            conn.invalidate()  # drop it; the pool opens a new one on the next checkout
+            raise
+        finally:
+            conn.close()
 
     def authenticate(self, token: str, *, now: int) -> KeyContext:
         parsed = keyformat.parse(token)  # raises KeyInvalid without I/O
