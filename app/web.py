@@ -14,6 +14,7 @@ from flask import (
     request,
 )
 from flask.sessions import SecureCookieSessionInterface
+from flask_limiter import RateLimitExceeded
 from sqlalchemy import text
 from sqlalchemy.exc import (
     DisconnectionError,
@@ -154,6 +155,9 @@ def http_error(exc: HTTPException):
     for name, value in exc.get_headers():
         if name in ("Retry-After", "Allow"):
             response.headers[name] = value
+    if isinstance(exc, RateLimitExceeded) and "Retry-After" not in response.headers:
+        # The sign-in limits' window length: when the client may be sure to get through.
+        response.headers["Retry-After"] = str(exc.limit.limit.get_expiry())
     return response
 
 
