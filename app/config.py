@@ -10,6 +10,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from app.keys.format import PREFIX_RE
+
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
 
@@ -47,6 +49,12 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         f"sqlite:///{Path(instance_path) / 'keydesk.sqlite3'}"
     )
     prefix = env.get("KEYDESK_KEY_PREFIX", "kd")
+    if not PREFIX_RE.match(prefix):
+        # Keys with such a prefix would never parse: refuse to start rather than mint them.
+        raise ValueError(
+            f"KEYDESK_KEY_PREFIX={prefix!r}: use 1-16 lowercase letters and digits, "
+            "starting with a letter"
+        )
     return {
         "SQLALCHEMY_DATABASE_URI": database_url,
         "SECRET_KEY": env.get("KEYDESK_SECRET_KEY") or instance_secret(instance_path, "secret_key"),
@@ -63,6 +71,7 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_ALLOW_REGISTRATION": _bool(env.get("KEYDESK_ALLOW_REGISTRATION", "true")),
         "KEYDESK_MAIL_URL": env.get("KEYDESK_MAIL_URL", ""),
         "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
+        "KEYDESK_LEAK_REPORT_LIMIT": env.get("KEYDESK_LEAK_REPORT_LIMIT", "30 per minute"),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request

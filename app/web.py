@@ -23,7 +23,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.extensions import db
 
@@ -81,7 +81,10 @@ def refuse_nul_bytes() -> None:
     if request.method in ("POST", "PUT", "PATCH"):
         # Read the raw body (cached, so views and form parsing still see it) rather than
         # request.form, which would consume the stream before a JSON view reads it.
-        raw = request.get_data(cache=True).lower()
+        try:
+            raw = request.get_data(cache=True).lower()
+        except RequestEntityTooLarge:
+            return  # too large to hold anything: the view answers (413, or 202 for leaks)
         encoded = b"\\u0000" if request.is_json else b"%00"
         if b"\x00" in raw or encoded in raw:
             abort(400)

@@ -102,10 +102,10 @@ def flask(env: dict, *args: str) -> subprocess.CompletedProcess:
 def gunicorn(env: dict, target: str, workers: int):
     port = free_port()
     proc = subprocess.Popen(
-        # -c /dev/null: both apps with gunicorn's defaults (no access log), not the
+        # bench/gunicorn.conf.py: both apps with gunicorn's defaults (no access log), not the
         # repository's gunicorn.conf.py, so they are served exactly the same way.
-        [PYTHON, "-m", "gunicorn", "-c", "/dev/null", "-w", str(workers),
-         "-b", f"127.0.0.1:{port}", "--log-level", "warning", target],
+        [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "bench" / "gunicorn.conf.py"),
+         "-w", str(workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning", target],
         cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -99,12 +99,18 @@ def test_login_unknown_email_and_wrong_password_answer_the_same(app, client, use
     assert unknown.status_code == wrong.status_code == 401
     assert "Incorrect email or password." in unknown.get_data(as_text=True)
     assert "Incorrect email or password." in wrong.get_data(as_text=True)
-    # the wrong password is audited in alice's tenant; the unknown address is not recorded
+    # both are audited: the wrong password in alice's tenant, the unknown address outside
+    # any tenant (no tenant admin sees it)
     with app.app_context():
         failed = db.session.execute(
-            select(AuditEvent).where(AuditEvent.action == "auth.login_failed")
+            select(AuditEvent)
+            .where(AuditEvent.action == "auth.login_failed")
+            .order_by(AuditEvent.id)
         ).scalars()
-        assert [e.target for e in failed] == ["alice@example.com"]
+        assert [(e.target, e.tenant_id is None) for e in failed] == [
+            ("nobody@example.com", True),
+            ("alice@example.com", False),
+        ]
     assert client.get("/keys").status_code == 302
 
 

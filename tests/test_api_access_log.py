@@ -54,6 +54,8 @@ def test_query_string_key_is_refused_and_not_logged(tmp_path):
             )
             assert response.status_code == 400
             assert response.json()["error"] == "invalid_request"
+        # An invitation token travels in the path; whatever the answer, the log hides it.
+        requests.get(f"http://127.0.0.1:{port}/invite/{secret}", timeout=30)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -61,3 +63,4 @@ def test_query_string_key_is_refused_and_not_logged(tmp_path):
     log = log_path.read_text()
     assert '"GET /api/v1/me HTTP/1.1" 400' in log
     assert secret not in log and "access_token" not in log
+    assert '"GET /invite/[token] HTTP/1.1"' in log

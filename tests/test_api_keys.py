@@ -210,3 +210,51 @@ def test_client_keys_own_no_keys(app, client, user, runner):
     assert create(client, client_key).status_code == 403
     missing = client.get("/api/v1/tenant/nope/api-keys/list", headers=bearer(client_key))
     assert missing.status_code == 404
+
+
+def _restricted_key(app, *, ips: str | None, days: int) -> str:
+    """A keys:write key owned by alice with the given allow-list and lifetime."""
+    from app.accounts import service as accounts
+    from app.audit import Actor
+    from app.clock import utcnow
+    from app.keys import service as keys
+
+    with app.app_context():
+        _, full = keys.issue_key(
+            user=accounts.get_user_by_email("alice@example.com"), name="restricted",
+            scopes=("keys:write", "keys:read", "api:read"), expires_in_days=days,
+            allowed_ips=ips, now=utcnow(), actor=Actor.cli(),
+        )  # fmt: skip
+        db.session.commit()
+    return full
+
+
+def test_a_key_cannot_mint_a_key_wider_than_itself(app, client, user):
+    parent = _restricted_key(app, ips="127.0.0.0/8", days=30)
+    # no allow-list given: the parent's is inherited
+    inherited = create(client, parent, name="child", scopes=["api:read"], expires_in_days=7)
+    assert inherited.status_code == 201 and inherited.json["allowed_ips"] == ["127.0.0.0/8"]
+    # a narrower one is fine, a wider one is refused
+    narrow = create(client, parent, name="c2", scopes=["api:read"], expires_in_days=7,
+                    allowed_ips=["127.0.0.1/32"])  # fmt: skip
+    assert narrow.status_code == 201
+    wide = create(client, parent, name="c3", scopes=["api:read"], expires_in_days=7,
+                  allowed_ips=["0.0.0.0/0"])  # fmt: skip
+    assert wide.status_code == 400 and "outside the creating key" in wide.json["error_description"]
+    # an expiring key cannot create one that never expires, or outlives it
+    for days in (0, 31):
+        late = create(client, parent, name="c4", scopes=["api:read"], expires_in_days=days)
+        assert late.status_code == 400
+        assert "expire no later than itself" in late.json["error_description"]
+
+
+def test_a_restricted_key_cannot_rotate_an_unrestricted_one(app, client, user):
+    parent = _restricted_key(app, ips="127.0.0.0/8", days=0)
+    wide = issue_key(app, scopes=("api:read",))
+    key_id = wide.split("_")[1]
+    response = client.post(
+        f"/api/v1/tenant/acme/api-keys/{key_id}/rotate", json={"grace_hours": 0},
+        headers=bearer(parent),
+    )  # fmt: skip
+    assert response.status_code == 400
+    assert client.get("/api/v1/me", headers=bearer(wide)).status_code == 200

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+import weakref
 
 from sqlalchemy import event, select
 
@@ -86,3 +88,49 @@ def test_next_minute_writes_again_with_the_buffered_count(app, client, user, mon
     assert _key_row(app, key).last_used_at.timestamp() >= first.timestamp() + 60
     with app.app_context():
         assert sum(db.session.execute(select(KeyUsageDaily.count)).scalars()) == 11
+
+
+def _count(app, key: str) -> int:
+    from app.keys import format as keyformat
+    from app.models import ApiKey, KeyUsageDaily
+
+    with app.app_context():
+        key_pk = db.session.execute(
+            select(ApiKey.id).where(ApiKey.key_id == keyformat.parse(key).key_id)
+        ).scalar_one()
+        counts = db.session.execute(
+            select(KeyUsageDaily.count).where(KeyUsageDaily.api_key_id == key_pk)
+        ).scalars()
+        return sum(counts)
+
+
+def _at(monkeypatch, when: float) -> None:
+    from types import SimpleNamespace
+
+    from app.api import auth as api_auth
+
+    monkeypatch.setattr(api_auth, "time", SimpleNamespace(time=lambda: when))
+
+
+def test_a_quiet_keys_buffer_is_written_with_the_next_write(app, client, user, monkeypatch):
+    quiet, busy = issue_key(app, name="quiet"), issue_key(app, name="busy")
+    start = time.time()
+    _at(monkeypatch, start)
+    client.get("/api/v1/me", headers=bearer(quiet))  # recorded at once (first use)
+    _at(monkeypatch, start + 10)
+    client.get("/api/v1/me", headers=bearer(quiet))  # buffered: recorded 10 s ago
+    assert _count(app, quiet) == 1
+    _at(monkeypatch, start + 75)
+    client.get("/api/v1/me", headers=bearer(busy))  # this write also takes the quiet buffer
+    assert _count(app, busy) == 1 and _count(app, quiet) == 2
+
+
+def test_buffered_counts_are_written_at_exit(app, client, user):
+    from app.api.auth import _flush_at_exit
+
+    key = issue_key(app)
+    for _ in range(5):
+        client.get("/api/v1/me", headers=bearer(key))
+    assert _count(app, key) == 1  # the first use only; four are buffered
+    _flush_at_exit(weakref.ref(app))
+    assert _count(app, key) == 5

@@ -163,11 +163,22 @@ def register(*, email: str, password: str, organization: str, now: datetime, act
 def authenticate(*, email: str, password: str, now: datetime, actor: Actor) -> User | None:
     """Check credentials; one answer (None) for unknown email, wrong password and deactivated.
 
-    Records auth.login / auth.login_failed in the user's tenant when the account exists.
+    Records auth.login / auth.login_failed in the user's tenant (outside any tenant for an
+    unknown address).
     """
     user = get_user_by_email(email or "")
     ok, new_hash = verify_password(user.password_hash if user else None, password or "")
     if user is None:
+        # Audited too (outside any tenant), which also gives an unknown address the same
+        # work as a wrong password: a write and a commit.
+        audit.record(
+            "auth.login_failed",
+            actor=Actor("anonymous", (email or "")[:254], actor.ip, actor.user_agent),
+            now=now,
+            target_type="user",
+            target=(email or "").strip().lower()[:254],
+            reason="unknown_account",
+        )
         return None
     if not ok or not user.is_active:
         audit.record(

@@ -145,20 +145,20 @@ def iter_events(*, tenant_id: int, filters: EventFilter) -> Iterator[AuditEvent]
         conds = conditions(tenant_id=tenant_id, filters=filters)
         if before is not None:
             conds.append(AuditEvent.id < before)
-        result = db.session.execute(
-            select(AuditEvent)
-            .where(*conds)
-            .order_by(AuditEvent.id.desc())
-            .limit(EXPORT_CHUNK)
-            .execution_options(yield_per=200)
-        ).scalars()
-        count = 0
-        for event in result:
-            count += 1
-            before = event.id
-            yield event
-        db.session.rollback()  # end this chunk's read transaction; nothing was written
+        chunk = list(
+            db.session.execute(
+                select(AuditEvent).where(*conds).order_by(AuditEvent.id.desc()).limit(EXPORT_CHUNK)
+            ).scalars()
+        )
+        # End the read transaction before handing anything out: a slow download must not
+        # hold it (on SQLite every transaction holds the write lock, see app/database.py).
+        # Detach first: a rollback expires the objects still in the session.
         db.session.expunge_all()
+        db.session.rollback()
+        count = len(chunk)
+        if chunk:
+            before = chunk[-1].id
+        yield from chunk
         if count < EXPORT_CHUNK:
             return
 

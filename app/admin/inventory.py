@@ -23,6 +23,7 @@ from app.extensions import db
 from app.keys.scopes import ALL_SCOPES
 from app.keys.service import EXPIRING_WITHIN
 from app.models import ApiKey, AuditEvent, User
+from app.params import whole_number
 
 PAGE_SIZE = 50
 STATUSES = ("active", "expiring", "expired", "revoked", "rotated", "leaked")
@@ -83,9 +84,16 @@ def _days(args: Mapping[str, str], name: str) -> int | None:
     raw = (args.get(name) or "").strip()
     if not raw:
         return None
-    if not raw.isdigit() or not 0 <= int(raw) <= MAX_DAYS:
+    days = whole_number(raw, high=MAX_DAYS)
+    if days is None:
         raise InvalidInput(f"{name} must be a whole number of days from 0 to {MAX_DAYS}", name)
-    return int(raw)
+    return days
+
+
+# The query parameters parse_filter reads (SPEC's filters plus sorting).
+FILTER_NAMES = (
+    "status", "owner", "scope", "expiring_within_days", "unused_for_days", "q", "sort", "dir",
+)  # fmt: skip
 
 
 def parse_filter(args: Mapping[str, str]) -> KeyFilter:
@@ -297,18 +305,20 @@ def revoke_matching(
     """
     conds = [*conditions(tenant_id=tenant_id, filters=filters, now=now), working(now)]
     ids = list(db.session.execute(select(ApiKey.id).where(*conds).order_by(ApiKey.id)).scalars())
-    revoked = 0
+    done: list = []
     for start in range(0, len(ids), REVOKE_BATCH):
         batch = ids[start : start + REVOKE_BATCH]
-        done = db.session.execute(
+        done += db.session.execute(
             update(ApiKey)
             .where(ApiKey.id.in_(batch), working(now))
             .values(revoked_at=now, revoke_reason=reason, revoked_by=actor.label)
             .returning(ApiKey.key_id, ApiKey.name)
             .execution_options(synchronize_session=False)
         ).all()
-        record_key_revocations(done, tenant_id=tenant_id, now=now, actor=actor, reason=reason)
-        revoked += len(done)
+    # The audit chain lock only after every row lock, the order a single revoke takes them
+    # too (UPDATE, then audit.record): interleaving them would deadlock on PostgreSQL.
+    record_key_revocations(done, tenant_id=tenant_id, now=now, actor=actor, reason=reason)
+    revoked = len(done)
     audit.record(
         "keys.bulk_revoked",
         actor=actor,

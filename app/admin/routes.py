@@ -24,14 +24,14 @@ from app.extensions import db
 from app.keys import service as keys
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
+from app.params import whole_number
 from app.web_actor import request_actor
 
 bp.add_app_template_filter(auditlog.readable_details, "readable_details")
 
 
 def _page_number() -> int:
-    raw = request.args.get("page", "1")
-    return int(raw) if raw.isdigit() and 0 < int(raw) < 10**6 else 1
+    return whole_number(request.args.get("page"), low=1, high=10**6) or 1
 
 
 def _tenant_key(key_id: str):
@@ -339,8 +339,7 @@ def audit():
         )
     if export not in (None, "", "html", "csv", "json"):
         error = "format must be csv or json"
-    before_raw = request.args.get("before", "")
-    before = int(before_raw) if before_raw.isdigit() else None
+    before = whole_number(request.args.get("before"), low=1)
     events, next_cursor = auditlog.events_page(tenant_id=tenant_id, filters=filters, before=before)
     html = render_template(
         "admin/audit.html",

@@ -18,6 +18,7 @@ from app.errors import Forbidden, InvalidInput, NotFound
 from app.extensions import db
 from app.keys import service as keys
 from app.net import client_ip
+from app.params import whole_number
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 KEYS_PER_PAGE, MAX_KEYS_PER_PAGE = 100, 1000
@@ -44,9 +45,10 @@ def _int_arg(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    value = whole_number(raw, low=1, high=maximum)
+    if value is None:
         raise InvalidInput(f"{name} must be a whole number from 1 to {maximum}", name)
-    return int(raw)
+    return value
 
 
 @bp.get("/tenant/<slug>/admin/api-keys")
@@ -67,8 +69,12 @@ def admin_list_keys(slug: str):
     response = jsonify(body)
     response.headers["X-Total-Count"] = str(page.total)
     if page_no < page.pages:
-        args = {**request.args.to_dict(), "page": page_no + 1, "per_page": per_page}
-        link = url_for("api.admin_list_keys", slug=slug, **args)
+        # Only the known filters: arbitrary query keys would reach url_for's own
+        # arguments (_scheme, _external, slug...).
+        args = {k: v for k, v in request.args.items() if k in inventory.FILTER_NAMES}
+        link = url_for(
+            "api.admin_list_keys", slug=slug, **args, page=page_no + 1, per_page=per_page
+        )
         response.headers["Link"] = f'<{link}>; rel="next"'
     return response
 
@@ -89,14 +95,15 @@ def audit_events(slug: str):
     """Newest first; `next_cursor` is opaque to callers (today: the last event's id)."""
     tenant = _admin_tenant(slug)
     limit = _int_arg("limit", DEFAULT_LIMIT, MAX_LIMIT)
-    cursor = request.args.get("cursor")
-    if cursor is not None and (not cursor.isdigit() or len(cursor) > 18):
+    cursor_raw = request.args.get("cursor")
+    cursor = whole_number(cursor_raw, low=1)
+    if cursor_raw is not None and cursor is None:
         raise InvalidInput("cursor is not valid; use next_cursor from the previous page", "cursor")
     filters = auditlog.parse_filter(request.args)
     events, next_cursor = auditlog.events_page(
         tenant_id=tenant.id,
         filters=filters,
-        before=int(cursor) if cursor is not None else None,
+        before=cursor,
         limit=limit,
     )
     return jsonify(

@@ -6,7 +6,9 @@ few set operations; see DESIGN.md "The hot path".
 
 from __future__ import annotations
 
+import atexit
 import time
+import weakref
 from collections.abc import Callable
 from functools import wraps
 
@@ -47,6 +49,15 @@ def init_app(app) -> None:
             db.engine, app.config["KEYDESK_KEY_PEPPER"].encode()
         )
     app.extensions["keydesk.usage"] = UsageRecorder()
+    atexit.register(_flush_at_exit, weakref.ref(app))  # weak: an app may go away first
+
+
+def _flush_at_exit(app_ref) -> None:
+    """Write the counts still buffered in this process (gunicorn worker shutdown, Ctrl-C)."""
+    app = app_ref()
+    if app is not None and app.extensions["keydesk.usage"].pending_count():
+        with app.app_context():
+            app.extensions["keydesk.usage"].flush_all(int(time.time()))
 
 
 def bearer_token() -> str:

@@ -60,6 +60,13 @@ def challenge(error: str | None = None, description: str | None = None, scope: s
     return ", ".join(parts)
 
 
+def forbidden(description: str):
+    """403 forbidden, with the RFC 6750 challenge every 401 and 403 here carries."""
+    return error_response(
+        403, "forbidden", description, www_authenticate=challenge("forbidden", description)
+    )
+
+
 def http_error_json(exc: HTTPException):
     status = exc.code or 500
     description = "Internal server error" if status >= 500 else (exc.description or exc.name)
@@ -122,11 +129,11 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(IpNotAllowed)
     def _ip(exc):
-        return error_response(403, "forbidden", str(exc))
+        return forbidden(str(exc))
 
     @app.errorhandler(Forbidden)
     def _forbidden(exc):
-        return error_response(403, "forbidden", str(exc) or "Forbidden")
+        return forbidden(str(exc) or "Forbidden")
 
     @app.errorhandler(NotFound)
     def _not_found(exc):

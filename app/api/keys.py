@@ -50,6 +50,13 @@ def create_key(slug: str):
     except ValueError as exc:
         raise InvalidInput(str(exc), field="allowed_ips") from None
     now = utcnow()
+    allowed_ips = keys.limit_to_parent(
+        parent_allowed_ips=g.key.allowed_ips,
+        parent_expires_at=g.key.expires_at,
+        allowed_ips=allowed_ips,
+        expires_in_days=days,
+        now=now,
+    )
     key, full_key = keys.issue_key(
         user=owner,
         name=name,
@@ -106,6 +113,15 @@ def rotate_key(slug: str, key_id: str):
             field="scopes",
         )
     now = utcnow()
+    # The successor keeps the old key's allow-list (none: any address) and lifetime;
+    # both must lie within the caller's own.
+    keys.limit_to_parent(
+        parent_allowed_ips=g.key.allowed_ips,
+        parent_expires_at=g.key.expires_at,
+        allowed_ips=key.allowed_ips or keys.ANY_ADDRESS,
+        expires_in_days=keys.lifetime_days_of(key),
+        now=now,
+    )
     new_key, full_key = keys.rotate_key(
         key=key, grace_hours=grace_hours, now=now, actor=key_actor()
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from flask import g, jsonify
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from app.api import bp, limits
 from app.api.auth import authenticator, require_scopes
@@ -49,8 +49,8 @@ def report_leaked_key():
     limits.check_leak_report()
     try:
         data = json_body()
-    except (InvalidInput, UnsupportedMediaType):  # garbage gets the same answer: 202
-        data = {}
+    except (InvalidInput, UnsupportedMediaType, RequestEntityTooLarge):
+        data = {}  # garbage, even too much of it, gets the same answer: 202
     if report_leak(
         token=data.get("key"),
         source_url=data.get("source_url"),

@@ -26,6 +26,11 @@ PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 _TAIL_RE = re.compile(
     rf"^[0-9A-Za-z]{{{KEY_ID_LENGTH}}}_[0-9A-Za-z]{{{SECRET_LENGTH + CHECKSUM_LENGTH}}}$"
 )
+# Anything shaped like a key, whatever its prefix: for scrubbing text that may hold one.
+TOKEN_RE = re.compile(
+    rf"[a-z][a-z0-9]{{0,15}}_[0-9A-Za-z]{{{KEY_ID_LENGTH}}}"
+    rf"_[0-9A-Za-z]{{{SECRET_LENGTH + CHECKSUM_LENGTH}}}"
+)
 MAX_TOKEN_LENGTH = 16 + 1 + KEY_ID_LENGTH + 1 + SECRET_LENGTH + CHECKSUM_LENGTH
 
 

@@ -6,6 +6,7 @@ conditional UPDATEs: the row that matched wins, the other caller gets Conflict.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -135,6 +136,49 @@ def issue_key(
     return row, full_key
 
 
+ANY_ADDRESS = "0.0.0.0/0 ::/0"
+
+
+def lifetime_days_of(key: ApiKey) -> int:
+    """Whole days from creation to expiry (0 = never): what a rotation gives the successor."""
+    if key.expires_at is None:
+        return 0
+    return max(1, round((key.expires_at - key.created_at).total_seconds() / 86400))
+
+
+def limit_to_parent(
+    *,
+    parent_allowed_ips: str | None,
+    parent_expires_at: int | None,
+    allowed_ips: str | None,
+    expires_in_days: int,
+    now: datetime,
+) -> str | None:
+    """A key that creates (or rotates) a key cannot hand out more than it has itself:
+    the new key's addresses lie within the creating key's allow-list (inherited when not
+    given) and it expires no later than the creating key. Returns the allow-list to use."""
+    if parent_expires_at is not None:
+        limit = datetime.fromtimestamp(parent_expires_at, now.tzinfo)
+        if expires_in_days == 0 or now + timedelta(days=expires_in_days) > limit:
+            raise InvalidInput(
+                "A key that expires can only create keys that expire no later than itself"
+                f" (at most {max(0, (limit - now).days)} days from now)",
+                field="expires_in_days",
+            )
+    if not parent_allowed_ips:
+        return allowed_ips
+    if allowed_ips is None:
+        return parent_allowed_ips
+    parents = [ipaddress.ip_network(n) for n in parent_allowed_ips.split()]
+    for net in map(ipaddress.ip_network, allowed_ips.split()):
+        if not any(net.version == p.version and net.subnet_of(p) for p in parents):
+            raise InvalidInput(
+                f"allowed_ips: {net} is outside the creating key's allow-list",
+                field="allowed_ips",
+            )
+    return allowed_ips
+
+
 def issue_client_key(*, name: str, now: datetime, actor: Actor) -> tuple[ApiKey, str]:
     """A platform key: no owner, no tenant, unscoped access to every tenant."""
     row, full_key = _new_row(
@@ -207,9 +251,7 @@ def rotate_key(*, key: ApiKey, grace_hours: int, now: datetime, actor: Actor) ->
         raise InvalidInput("Client keys are rotated from the command line")
     if status_of(key, now) in ("revoked", "rotated", "leaked", "expired") or key.revoked_at:
         raise Conflict("Only an active key can be rotated")
-    lifetime_days = 0
-    if key.expires_at is not None:
-        lifetime_days = max(1, round((key.expires_at - key.created_at).total_seconds() / 86400))
+    lifetime_days = lifetime_days_of(key)
     user = key.user
     policy.check_new_key(
         tenant=user.tenant, user=user, scopes=key.scope_list, expires_in_days=lifetime_days

@@ -6,8 +6,10 @@ try one conditional UPDATE (`... WHERE last_used_at <= now - 60`). Of all worker
 at most one wins each minute, and the winner also flushes its buffered counts
 and addresses. Losers keep their buffer for a later minute. So the database sees
 at most one write transaction per key per minute, whatever the request rate.
-Counts still buffered when a worker exits are flushed by an atexit hook where
-possible; a killed worker loses at most its last minute of counts.
+Buffers of keys that went quiet are written too: whenever this worker writes, it also
+tries every buffer idle for a minute, and at exit (atexit, which gunicorn's graceful
+worker shutdown runs) it writes what is left without the minute gate. A killed worker
+loses at most its last minute of counts.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class _Pending:
     ips: dict[str, int] = field(default_factory=dict)  # ip -> last seen (unix)
     last_ip: str | None = None
     last_used: int = 0
+    ctx: KeyContext | None = None  # the key, for writing this buffer later
+    tried_at: int = 0  # when this worker last tried to write it
 
 
 class UsageRecorder:
@@ -54,6 +58,7 @@ class UsageRecorder:
             pending.ips[ip] = now
             pending.last_ip = ip
             pending.last_used = now
+            pending.ctx = ctx
         return ctx.last_used_at is None or now - ctx.last_used_at >= INTERVAL
 
     def pending_count(self) -> int:
@@ -61,19 +66,40 @@ class UsageRecorder:
             return sum(sum(p.counts.values()) for p in self._pending.values())
 
     def flush(self, ctx: KeyContext, now: int) -> bool:
-        """Try to record this key's buffered use. Returns True when this worker won the minute."""
+        """Try to record this key's buffered use, then any buffer idle for a minute.
+
+        Returns True when this worker won the minute for `ctx`."""
+        won = self._flush_one(ctx.pk, now, gate=True)
         with self._lock:
-            pending = self._pending.pop(ctx.pk, None)
-        if pending is None:
+            idle = [
+                pk for pk, p in self._pending.items()
+                if pk != ctx.pk and now - max(p.last_used, p.tried_at) >= INTERVAL
+            ]  # fmt: skip
+        for pk in idle:
+            self._flush_one(pk, now, gate=True)
+        return won
+
+    def flush_all(self, now: int) -> None:
+        """At exit: write every buffer, minute gate or not (nothing would write it later)."""
+        with self._lock:
+            pks = list(self._pending)
+        for pk in pks:
+            self._flush_one(pk, now, gate=False)
+
+    def _flush_one(self, pk: int, now: int, *, gate: bool) -> bool:
+        with self._lock:
+            pending = self._pending.pop(pk, None)
+        if pending is None or pending.ctx is None:
             return False
         try:
-            won = _write(ctx, pending, now)
+            won = _write(pending.ctx, pending, now, gate=gate)
         except Exception:  # a failed bookkeeping write must not fail the API call
             db.session.rollback()
-            log.warning("could not record usage of key %s", ctx.key_id, exc_info=True)
+            log.warning("could not record usage of key %s", pending.ctx.key_id, exc_info=True)
             won = False
         if not won:
-            self._merge_back(ctx.pk, pending)
+            pending.tried_at = now
+            self._merge_back(pk, pending)
         return won
 
     def _merge_back(self, pk: int, pending: _Pending) -> None:
@@ -84,6 +110,8 @@ class UsageRecorder:
                 current.ips[ip] = max(seen, current.ips.get(ip, 0))
             current.last_ip = current.last_ip or pending.last_ip
             current.last_used = max(current.last_used, pending.last_used)
+            current.ctx = current.ctx or pending.ctx
+            current.tried_at = max(current.tried_at, pending.tried_at)
 
 
 def _upsert(model, values: dict, index: list[str], set_: dict):
@@ -93,19 +121,19 @@ def _upsert(model, values: dict, index: list[str], set_: dict):
     return stmt.on_conflict_do_update(index_elements=index, set_=set_(stmt.excluded))
 
 
-def _write(ctx: KeyContext, pending: _Pending, now: int) -> bool:
+def _write(ctx: KeyContext, pending: _Pending, now: int, *, gate: bool = True) -> bool:
+    """One transaction: last use, counts, addresses. With `gate`, only if nobody recorded
+    this key in the last minute (False: another worker did; the caller keeps the buffer)."""
     when = datetime.fromtimestamp(pending.last_used or now, UTC)
+    cutoff = datetime.fromtimestamp(now - INTERVAL, UTC) if gate else when
     result = db.session.execute(
         update(ApiKey)
         .where(ApiKey.id == ctx.pk)
-        .where(
-            (ApiKey.last_used_at.is_(None))
-            | (ApiKey.last_used_at <= datetime.fromtimestamp(now - INTERVAL, UTC))
-        )
+        .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at <= cutoff))
         .values(last_used_at=when, last_used_ip=pending.last_ip)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if gate and result.rowcount != 1:
         db.session.rollback()
         return False
     for day_number, count in pending.counts.items():
