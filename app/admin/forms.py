@@ -32,10 +32,6 @@ class RoleForm(FlaskForm):
     role = SelectField("Role", choices=[SelectChoice(r, r) for r in ("member", "admin")])
 
 
-class ConfirmForm(FlaskForm):
-    """A POST with only the CSRF token."""
-
-
 class AcceptInviteForm(FlaskForm):
     password = PasswordField(
         "Choose a password",

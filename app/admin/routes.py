@@ -17,10 +17,11 @@ from flask_login import current_user
 from app.accounts import members as members_service
 from app.accounts import policy
 from app.admin import auditlog, bp, inventory
-from app.admin.forms import ConfirmForm, InviteForm, PolicyForm, RoleForm
+from app.admin.forms import InviteForm, PolicyForm, RoleForm
 from app.clock import utcnow
 from app.errors import Conflict, InvalidInput, NotFound
 from app.extensions import db
+from app.key_actions import ConfirmForm, revoke_and_flash
 from app.keys import service as keys
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
@@ -131,16 +132,7 @@ def confirm_revoke_key(key_id: str):
 @bp.post("/keys/<key_id>/revoke")
 def revoke_key(key_id: str):
     key = _tenant_key(key_id)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    try:
-        keys.revoke_key(key=key, now=utcnow(), actor=request_actor())
-    except Conflict as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
-    else:
-        db.session.commit()
-        flash(f"Key “{key.name}” ({key.key_id}) is revoked. It no longer works.", "success")
+    revoke_and_flash(key)
     return redirect(_admin_back(url_for("admin.keys")))
 
 

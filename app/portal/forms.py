@@ -112,7 +112,3 @@ class AllowedIpsForm(FlaskForm):
         validators=[Optional(), Length(max=2000)],
         description="One address or CIDR range per line, IPv4 or IPv6. Empty: any address.",
     )
-
-
-class ConfirmForm(FlaskForm):
-    """A POST with only the CSRF token (revoke buttons)."""

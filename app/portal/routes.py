@@ -9,12 +9,13 @@ from app.accounts import policy
 from app.clock import utcnow
 from app.errors import Conflict, InvalidInput, NotFound, PolicyViolation
 from app.extensions import db
+from app.key_actions import ConfirmForm, revoke_and_flash
 from app.keys import service as keys
 from app.keys.authn import validate_allowed_ips
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.portal import bp
-from app.portal.forms import AllowedIpsForm, ConfirmForm, NewKeyForm, RotateForm
+from app.portal.forms import AllowedIpsForm, NewKeyForm, RotateForm
 from app.web import csrf_failed
 from app.web_actor import request_actor
 
@@ -143,16 +144,7 @@ def confirm_revoke(key_id: str):
 @bp.post("/keys/<key_id>/revoke")
 def revoke(key_id: str):
     key = _own_key(key_id)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    try:
-        keys.revoke_key(key=key, now=utcnow(), actor=request_actor())
-    except Conflict as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
-    else:
-        db.session.commit()
-        flash(f"Key “{key.name}” ({key.key_id}) is revoked. It no longer works.", "success")
+    revoke_and_flash(key)
     return redirect(
         request.form.get("back") == "detail"
         and url_for("portal.key_detail", key_id=key.key_id)
