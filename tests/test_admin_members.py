@@ -126,6 +126,19 @@ def test_invite_for_an_existing_account_is_refused(signed_in):
     assert response.status_code == 400 and "already exists" in response.get_data(as_text=True)
 
 
+def test_accepting_after_the_address_got_an_account_says_so(app, signed_in):
+    link = invite(signed_in, "late@example.com")
+    create_user(app, "late@example.com", tenant="elsewhere")
+    response = app.test_client().post(
+        path_of(link), data={"password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
+    )
+    assert response.status_code == 409
+    assert "exists already" in response.get_data(as_text=True)
+    with app.app_context():  # still one account, in the tenant it was made in
+        assert [u.tenant.slug for u in db.session.scalars(
+            select(User).where(User.email == "late@example.com"))] == ["elsewhere"]  # fmt: skip
+
+
 def test_concurrent_acceptance_has_one_winner(app, signed_in):
     link = path_of(invite(signed_in))
     barrier = threading.Barrier(4)

@@ -2,6 +2,7 @@
 
 from flask import Blueprint, current_app, flash, redirect, render_template, session, url_for
 from flask_login import login_user
+from sqlalchemy.exc import IntegrityError
 
 from app.accounts import members
 from app.admin.forms import AcceptInviteForm
@@ -42,9 +43,15 @@ def accept(token: str):
             return render_template("admin/invite_unusable.html", message=str(exc)), 410, NO_STORE
         except InvalidInput as exc:
             db.session.rollback()
+            if exc.field == "email":  # the address got an account since the invitation
+                return _taken()
             form.password.errors.append(str(exc))
         else:
-            db.session.commit()
+            try:
+                db.session.commit()
+            except IntegrityError:  # the same address registered at the same moment
+                db.session.rollback()
+                return _taken()
             session.clear()  # a fresh session: whoever was signed in here is signed out
             login_user(user)
             flash(f"Welcome to {user.tenant.name}! You are signed in as {user.email}.", "success")
@@ -52,3 +59,8 @@ def accept(token: str):
     status = 400 if form.errors else 200
     html = render_template("admin/invite_accept.html", form=form, invite=invite)
     return html, status, NO_STORE
+
+
+def _taken():
+    message = "An account with this email address exists already. Sign in instead."
+    return render_template("admin/invite_unusable.html", message=message), 409, NO_STORE
