@@ -150,7 +150,7 @@ def redis_prefix() -> str:
 def test_login_rate_limit_in_redis_holds_across_three_workers(tmp_path, redis_prefix):
     """5 sign-in attempts per minute for one account, whichever worker serves them.
 
-    (Per-key API limits live in app/api/limits.py, built by the API work.)"""
+    (The per-key API limit has its own test below.)"""
     db_url = f"sqlite:///{tmp_path / 'keydesk.sqlite3'}"
     env = server_env(
         db_url,
@@ -176,3 +176,35 @@ def test_login_rate_limit_in_redis_holds_across_three_workers(tmp_path, redis_pr
     assert statuses.count(401) == 5, statuses
     assert statuses.count(429) == 13, statuses
     assert len({pid for pid, status in posts if status in (401, 429)}) >= 2
+
+
+def test_per_key_api_limit_in_redis_holds_across_three_workers(tmp_path, redis_prefix):
+    """KEYDESK_API_RATE_LIMIT=5 per minute for one key: 5 answers in all, whichever worker."""
+    db_url = f"sqlite:///{tmp_path / 'keydesk.sqlite3'}"
+    env = server_env(
+        db_url,
+        KEYDESK_RATELIMIT_STORAGE_URI=REDIS_URL,
+        KEYDESK_RATELIMIT_KEY_PREFIX=redis_prefix,
+        KEYDESK_API_RATE_LIMIT="5 per minute",
+    )
+    assert flask_cli(env, "db", "upgrade").returncode == 0
+    created = flask_cli(env, "users", "create", "bot@example.com", "--password",
+                        "a long test passphrase 42", "--tenant", "acme")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    issued = flask_cli(env, "keys", "issue", "--email", "bot@example.com", "--name", "ci")
+    assert issued.returncode == 0, issued.stderr
+    key = issued.stdout.strip()
+    with gunicorn(env, 3, tmp_path / "gunicorn.log") as server:
+
+        def call(_: int) -> requests.Response:
+            return requests.get(server.url + "/api/v1/me", headers=bearer(key), timeout=30)
+
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(call, range(18)))
+        answered = [(pid, s) for pid, s, path in server.access(settle=0.5) if path == "/api/v1/me"]
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 5, statuses
+    assert statuses.count(429) == 13, statuses
+    limited = next(r for r in responses if r.status_code == 429)
+    assert limited.json()["error"] == "rate_limited" and int(limited.headers["Retry-After"]) > 0
+    assert len({pid for pid, status in answered}) >= 2, "the calls were spread over workers"
