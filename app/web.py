@@ -69,6 +69,9 @@ def init_app(app: Flask) -> None:
     templating.init_app(app)
 
 
+LEAK_REPORT_PATH = "/api/v1/keys/report-leak"
+
+
 def _has_nul(multidict) -> bool:
     return any("\x00" in k or "\x00" in v for k, v in multidict.items(multi=True))
 
@@ -78,7 +81,8 @@ def refuse_nul_bytes() -> None:
     DataError, a 500), SQLite would store it, and no legitimate Keydesk input contains one."""
     if "\x00" in request.path or _has_nul(request.args):
         abort(400)
-    if request.method in ("POST", "PUT", "PATCH"):
+    # report-leak answers 202 to anything (it must be no oracle) and cleans what it keeps.
+    if request.method in ("POST", "PUT", "PATCH") and request.path != LEAK_REPORT_PATH:
         # Read the raw body (cached, so views and form parsing still see it) rather than
         # request.form, which would consume the stream before a JSON view reads it.
         try:

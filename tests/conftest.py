@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import settings as hypothesis_settings
 
 from app import create_app
 from app.audit import Actor
@@ -73,6 +74,14 @@ REDIS_URL = os.environ.get("KEYDESK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() == "true"
+
+
+# Property tests (hypothesis, schemathesis): CI replays the same examples on every run, so
+# a green run stays green and a red one is red again on re-run; local runs draw new
+# examples, which is how new bugs get found.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if in_ci():
+    hypothesis_settings.load_profile("ci")
 
 
 def service_missing(message: str):

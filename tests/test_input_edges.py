@@ -93,3 +93,17 @@ def test_report_leak_never_stores_a_key_found_in_the_source_url(app, client, use
             select(AuditEvent).where(AuditEvent.action == "key.leaked")
         ).scalar_one()
     assert key not in event.details and "[redacted key]" in event.details
+
+
+def test_report_leak_is_202_for_nul_bytes_and_keeps_none(app, client, user):
+    key = issue_key(app)
+    for body in ({"\u0000": None}, {"key": "\u0000", "source_url": "x"}):
+        assert client.post("/api/v1/keys/report-leak", json=body).status_code == 202
+    url = "https://paste.example/\u0000raw"
+    response = client.post("/api/v1/keys/report-leak", json={"key": key, "source_url": url})
+    assert response.status_code == 202
+    with app.app_context():
+        event = db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "key.leaked")
+        ).scalar_one()
+    assert "\\u0000" not in event.details and "paste.example/raw" in event.details

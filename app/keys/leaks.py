@@ -44,7 +44,7 @@ def report_leak(*, token: object, source_url: object, now: datetime, actor: Acto
         return False  # already revoked: nothing to do, and the answer is the same
     url = source_url[:MAX_SOURCE_URL] if isinstance(source_url, str) else None
     if url:  # a URL can carry the key itself (?token=...): never store a secret
-        url = keyformat.TOKEN_RE.sub("[redacted key]", url)
+        url = keyformat.TOKEN_RE.sub("[redacted key]", url).replace("\x00", "")
     try:
         keys.revoke_key(key=key, now=now, actor=actor, reason="leaked", details={"source_url": url})
     except Conflict:  # revoked concurrently
