@@ -70,6 +70,8 @@ def init_app(app: Flask) -> None:
 
 
 LEAK_REPORT_PATH = "/api/v1/keys/report-leak"
+# For responses that hold a secret (a new key, an invitation link): never cached anywhere.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _has_nul(multidict) -> bool:

@@ -10,11 +10,10 @@ from app.clock import utcnow
 from app.errors import InvalidInput
 from app.extensions import db, limiter
 from app.net import client_ip
+from app.web import NO_STORE
 from app.web_actor import request_actor
 
 bp = Blueprint("invites", __name__)
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Referrer-Policy": "no-referrer"}
 
 
 def _limit() -> str:

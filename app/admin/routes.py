@@ -26,6 +26,7 @@ from app.keys import service as keys
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.params import whole_number
+from app.web import NO_STORE
 from app.web_actor import request_actor
 
 bp.add_app_template_filter(auditlog.readable_details, "readable_details")
@@ -186,7 +187,7 @@ def _members_page(invite_form=None, *, invite_link=None, invite=None, status=200
         now=now,
     )
     # The invite link is a credential shown once: never cache this page anywhere.
-    return html, status, {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    return html, status, NO_STORE
 
 
 @bp.get("/members")

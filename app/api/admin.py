@@ -12,12 +12,11 @@ from app.accounts.service import get_tenant_by_slug
 from app.admin import auditlog, inventory
 from app.api import bp
 from app.api.auth import require_scopes
-from app.audit import Actor
+from app.api.common import key_actor
 from app.clock import utcnow
 from app.errors import Forbidden, InvalidInput, NotFound
 from app.extensions import db
 from app.keys import service as keys
-from app.net import client_ip
 from app.params import whole_number
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
@@ -35,10 +34,6 @@ def _admin_tenant(slug: str):
     if not ctx.is_client and ctx.user_role != "admin":
         raise Forbidden("Only a tenant admin's key may do this")
     return tenant
-
-
-def _actor() -> Actor:
-    return Actor("key", g.key.key_id, client_ip(), (request.user_agent.string or "")[:300] or None)
 
 
 def _int_arg(name: str, default: int, maximum: int) -> int:
@@ -84,7 +79,7 @@ def admin_list_keys(slug: str):
 def admin_revoke_key(slug: str, key_id: str):
     tenant = _admin_tenant(slug)
     key = keys.get_tenant_key(tenant_id=tenant.id, key_id=key_id)
-    keys.revoke_key(key=key, now=utcnow(), actor=_actor())
+    keys.revoke_key(key=key, now=utcnow(), actor=key_actor())
     db.session.commit()
     return jsonify(success=True, message="API key revoked successfully")
 

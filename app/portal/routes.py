@@ -16,7 +16,7 @@ from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.portal import bp
 from app.portal.forms import AllowedIpsForm, NewKeyForm, RotateForm
-from app.web import csrf_failed
+from app.web import NO_STORE, csrf_failed
 from app.web_actor import request_actor
 
 
@@ -43,7 +43,7 @@ def _reveal(row, full_key: str, *, rotated_from=None):
     response = render_template(
         "portal/reveal.html", key=row, full_key=full_key, rotated_from=rotated_from
     )
-    return response, 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    return response, 200, NO_STORE
 
 
 @bp.get("/keys", endpoint="keys")
