@@ -62,7 +62,7 @@ def create_resource(
     *, tenant: Tenant, name: str, type_: str, now: datetime, actor: Actor
 ) -> Resource:
     resource = Resource(
-        public_id=keyformat._random_base62(PUBLIC_ID_LENGTH),
+        public_id=keyformat.random_base62(PUBLIC_ID_LENGTH),
         tenant_id=tenant.id,
         name=_text(name, "name", 200),
         type=_text(type_, "type", 64),

@@ -81,14 +81,14 @@ def _has_nul(multidict) -> bool:
 def refuse_nul_bytes() -> None:
     """400 for NUL anywhere in the input: PostgreSQL text cannot hold it (psycopg raises
     DataError, a 500), SQLite would store it, and no legitimate Keydesk input contains one."""
-    if "\x00" in request.path or _has_nul(request.args):
+    if "\x00" in request.path or (request.query_string and _has_nul(request.args)):
         abort(400)
     # report-leak answers 202 to anything (it must be no oracle) and cleans what it keeps.
     if request.method in ("POST", "PUT", "PATCH") and request.path != LEAK_REPORT_PATH:
         # Read the raw body (cached, so views and form parsing still see it) rather than
         # request.form, which would consume the stream before a JSON view reads it.
         try:
-            raw = request.get_data(cache=True).lower()
+            raw = request.get_data(cache=True)  # NUL and its escapes have no letter case
         except RequestEntityTooLarge:
             return  # too large to hold anything: the view answers (413, or 202 for leaks)
         encoded = b"\\u0000" if request.is_json else b"%00"

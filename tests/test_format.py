@@ -90,7 +90,7 @@ def test_random_strings_are_rejected():
     import secrets
 
     for _ in range(500):
-        body = "kd_" + keyformat._random_base62(12) + "_" + keyformat._random_base62(38)
+        body = "kd_" + keyformat.random_base62(12) + "_" + keyformat.random_base62(38)
         if body[-6:] == keyformat.checksum(body[:-6]):  # 1 in 62**6: never in practice
             continue
         with pytest.raises(KeyInvalid):
@@ -149,3 +149,13 @@ def test_digest_is_hmac_sha256_of_the_secret():
     expected = hmac.new(b"pepper", b"secret", hashlib.sha256).digest()
     assert keyformat.digest(b"pepper", "secret") == expected
     assert keyformat.digest(b"other", "secret") != expected
+
+
+def test_random_base62_maps_bytes_without_bias():
+    from collections import Counter
+
+    # 248 byte values map to characters, each exactly 4 times; the other 8 are dropped.
+    kept = Counter(keyformat._BASE62_TABLE[:248])
+    assert sorted(kept) == sorted(keyformat.ALPHABET.encode()) and set(kept.values()) == {4}
+    drawn = keyformat.random_base62(10_000)
+    assert len(drawn) == 10_000 and set(drawn) <= set(keyformat.ALPHABET)

@@ -14,7 +14,7 @@ from app.errors import Forbidden, InvalidInput, NotFound
 from app.extensions import db
 from app.keys.authn import KeyContext
 from app.models import Tenant, User
-from app.net import client_ip
+from app.web_actor import request_actor
 
 _MISSING = object()
 
@@ -75,12 +75,11 @@ def _type_word(kinds: tuple[type, ...]) -> str:
 
 def key_actor(ctx: KeyContext | None = None) -> Actor:
     """The audit actor for a request made with an API key."""
-    ctx = ctx or g.key
-    return Actor("key", ctx.key_id, client_ip(), (request.user_agent.string or "")[:300] or None)
+    return request_actor((ctx or g.key).key_id, "key")
 
 
 def anonymous_actor(label: str = "anonymous") -> Actor:
-    return Actor("anonymous", label, client_ip(), (request.user_agent.string or "")[:300] or None)
+    return request_actor(label, "anonymous")
 
 
 def tenant_for(slug: str | None, ctx: KeyContext) -> Tenant:

@@ -1,7 +1,7 @@
 """Key format: `<prefix>_<key id>_<secret><checksum>`, all base62 after the prefix.
 
 - key id: 12 base62 characters (71 bits), public, the indexed lookup handle;
-- secret: 32 base62 characters (190 bits) from `secrets`;
+- secret: 32 base62 characters (190 bits) from os.urandom, the source `secrets` uses;
 - checksum: CRC32 of everything before it, 6 base62 characters, so a mistyped or
   random string is refused without any I/O (and secret scanners can validate hits).
 
@@ -11,8 +11,8 @@ keyed digest is enough: a slow password hash would cap the API at a few calls a 
 
 import hashlib
 import hmac
+import os
 import re
-import secrets
 import zlib
 from typing import NamedTuple
 
@@ -56,8 +56,19 @@ def _base62(number: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
-def _random_base62(length: int) -> str:
-    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+# os.urandom bytes -> base62 characters in one C-level pass: bytes.translate maps 0..247
+# onto the alphabet (248 = 4 * 62, so each character is equally likely) and deletes
+# 248..255. The same distribution as secrets.choice per character, ~50x faster, which is
+# what lets `seed --keys 1000000` finish in well under a minute.
+_BASE62_TABLE = bytes(ord(ALPHABET[b % 62]) for b in range(248)) + bytes(8)
+_REJECTED = bytes(range(248, 256))
+
+
+def random_base62(length: int) -> str:
+    out = b""
+    while len(out) < length:
+        out += os.urandom(length - len(out) + 64).translate(_BASE62_TABLE, _REJECTED)
+    return out[:length].decode("ascii")
 
 
 def checksum(body: str) -> str:
@@ -65,11 +76,11 @@ def checksum(body: str) -> str:
 
 
 def new_key_id() -> str:
-    return _random_base62(KEY_ID_LENGTH)
+    return random_base62(KEY_ID_LENGTH)
 
 
 def new_secret() -> str:
-    return _random_base62(SECRET_LENGTH)
+    return random_base62(SECRET_LENGTH)
 
 
 def assemble(prefix: str, key_id: str, secret: str) -> str:

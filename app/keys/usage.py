@@ -47,6 +47,7 @@ class UsageRecorder:
     def __init__(self) -> None:
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
+        self._swept_at = 0  # when buffers of quiet keys were last looked for
 
     def note(self, ctx: KeyContext, ip: str, now: int) -> bool:
         """Count one request; True when this key is due for a database write."""
@@ -70,6 +71,9 @@ class UsageRecorder:
 
         Returns True when this worker won the minute for `ctx`."""
         won = self._flush_one(ctx.pk, now, gate=True)
+        if now - self._swept_at < INTERVAL:  # sweep the other buffers once a minute at most
+            return won
+        self._swept_at = now
         with self._lock:
             idle = [
                 pk for pk, p in self._pending.items()

@@ -12,7 +12,7 @@ from wtforms.validators import (
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from app.accounts.policy import EXPIRY_CHOICES
-from app.keys.scopes import ALL_SCOPES, DESCRIPTIONS
+from app.keys.scopes import ALL_SCOPES
 
 
 class MultiCheckboxField(SelectMultipleField):
@@ -89,9 +89,6 @@ class NewKeyForm(FlaskForm):
     def validate_scopes(self, field) -> None:
         if not field.data:
             raise ValidationError("Choose at least one scope")
-
-
-SCOPE_HELP = DESCRIPTIONS
 
 
 class RotateForm(FlaskForm):
