@@ -2,8 +2,8 @@
 
 Runs on every API call, so it stays small and avoids the ORM:
 1. parse + CRC32 check (no I/O: a mistyped or random token never reaches the database);
-2. one indexed lookup by key id on a pooled DBAPI connection in autocommit (no Session,
-   no identity map, no ping, no rollback);
+2. one indexed lookup by key id on a DBAPI connection in autocommit, kept by this module
+   (no Session, no identity map, no pool checkout, no ping, no rollback);
 3. HMAC-SHA256(pepper, secret) compared in constant time;
 4. revoked / expired / grace decided from that one row (scopes and IPs by the caller).
 There is no positive cache: a revocation is seen by every worker on its next request.
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -71,26 +73,27 @@ class Authenticator:
 
     def __init__(self, engine: Engine, pepper: bytes) -> None:
         self.pepper = pepper
-        # The lookup gets a small engine of its own, on the same database:
-        # - AUTOCOMMIT: a lookup is one statement and never leaves a transaction (or a
-        #   stale read snapshot) open, so the next lookup sees any revocation committed
-        #   by any worker;
-        # - no pool_pre_ping and no rollback on return: each is an extra round trip per
-        #   request, more than the lookup itself. A connection found dead instead is
-        #   invalidated and the lookup retried once, which is what the ping would buy.
-        self.engine = create_engine(
-            engine.url,
-            isolation_level="AUTOCOMMIT",
-            pool_pre_ping=False,
-            pool_reset_on_return=None,
-        )
+        # Connections come from a small engine of its own, on the same database, so that
+        # SQLAlchemy applies the URL, the driver options and the connect events (SQLite
+        # pragmas), and in AUTOCOMMIT: a lookup is one statement and never leaves a
+        # transaction (or a stale read snapshot) open, so the next lookup sees any
+        # revocation committed by any worker.
+        self.engine = create_engine(engine.url, isolation_level="AUTOCOMMIT")
         configure_engine(self.engine)  # SQLite: WAL, busy timeout, foreign keys
-        # Whoever resets the app's engine (tests, a DB failover) resets this one too.
-        event.listen(engine, "engine_disposed", lambda _engine: self.engine.dispose())
+        # Whoever resets the app's engine (tests, a DB failover) resets these connections too.
+        event.listen(engine, "engine_disposed", lambda _engine: self.close_connections())
         param = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self.sql = _LOOKUP.format(param=param)
         dbapi = engine.dialect.loaded_dbapi
         self._gone = (dbapi.OperationalError, dbapi.InterfaceError)
+        # Idle DBAPI connections, detached from the engine's pool, last used first. A pool
+        # checkout and return cost ~12 µs of a ~60 µs authentication (measured in a request,
+        # bench/profile.py); list.pop and list.append are atomic and cost nothing. There is
+        # no pre-ping and no rollback on return, each a round trip more than the lookup: a
+        # connection found dead is closed and the lookup retried once on a new one.
+        self._idle: list = []
+        self._generation = 0  # close_connections() bumps it: older connections are closed
+        self._lock = threading.Lock()
 
     def lookup(self, key_id: str) -> tuple | None:
         """The key row joined with its tenant and user, or None. One indexed query.
@@ -108,7 +111,14 @@ class Authenticator:
             raise OperationalError(self.sql, (key_id,), exc) from exc
 
     def _fetch(self, key_id: str) -> tuple | None:
-        conn = self.engine.raw_connection()
+        try:
+            generation, conn = self._idle.pop()
+        except IndexError:
+            generation, conn = self._connect()
+        else:
+            if generation != self._generation:  # put back during close_connections()
+                _close_quietly(conn)
+                generation, conn = self._connect()
         try:
             cursor = conn.cursor()
             cursor.execute(self.sql, (key_id,))
@@ -116,12 +126,28 @@ class Authenticator:
             # statement, so SQLite keeps no read snapshot open between requests.
             rows = cursor.fetchall()
             cursor.close()
-            return rows[0] if rows else None
         except self._gone:
-            conn.invalidate()  # drop it; the pool opens a new one on the next checkout
+            _close_quietly(conn)
             raise
-        finally:
-            conn.close()
+        if generation == self._generation:
+            self._idle.append((generation, conn))
+        else:
+            _close_quietly(conn)  # close_connections() ran while this one was in use
+        return rows[0] if rows else None
+
+    def _connect(self) -> tuple[int, object]:
+        generation = self._generation
+        pooled = self.engine.raw_connection()  # connect events and isolation level applied
+        pooled.detach()  # from now on the pool does not know it: ours to close
+        return generation, pooled.dbapi_connection
+
+    def close_connections(self) -> None:
+        """Close the idle connections; those in use are closed when their lookup ends."""
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            _close_quietly(conn)
 
     def authenticate(self, token: str, *, now: int) -> KeyContext:
         parsed = keyformat.parse(token)  # raises KeyInvalid without I/O
@@ -142,6 +168,11 @@ class Authenticator:
             expires_at, revoked_at, last_used_at, tenant_id, tenant_slug, tenant_name,
             user_id, email, role,
         )  # fmt: skip
+
+
+def _close_quietly(conn) -> None:
+    with suppress(Exception):  # it is being thrown away, often because it failed
+        conn.close()
 
 
 @lru_cache(maxsize=4096)
