@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from flask import (
@@ -60,6 +61,18 @@ class SessionInterface(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
+class Keydesk(Flask):
+    """Flask, answering automatic OPTIONS requests under /api/ with JSON like every other
+    API response (here rather than in an after_request hook that every call would run)."""
+
+    def make_default_options_response(self):
+        response = super().make_default_options_response()
+        if request.path.startswith("/api/"):
+            response.set_data(json.dumps({"allow": list(response.allow)}))
+            response.mimetype = "application/json"
+        return response
+
+
 def init_app(app: Flask) -> None:
     app.session_interface = SessionInterface()
     app.before_request(refuse_nul_bytes)
@@ -79,14 +92,12 @@ LEAK_REPORT_PATH = "/api/v1/keys/report-leak"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def _has_nul(multidict) -> bool:
-    return any("\x00" in k or "\x00" in v for k, v in multidict.items(multi=True))
-
-
 def refuse_nul_bytes() -> None:
     """400 for NUL anywhere in the input: PostgreSQL text cannot hold it (psycopg raises
     DataError, a 500), SQLite would store it, and no legitimate Keydesk input contains one."""
-    if "\x00" in request.path or (request.query_string and _has_nul(request.args)):
+    # Decoding the query string can only produce NUL from a raw NUL or from %00.
+    query = request.query_string
+    if "\x00" in request.path or (query and (b"%00" in query or b"\x00" in query)):
         abort(400)
     # report-leak answers 202 to anything (it must be no oracle) and cleans what it keeps.
     if request.method in ("POST", "PUT", "PATCH") and request.path != LEAK_REPORT_PATH:

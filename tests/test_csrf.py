@@ -100,3 +100,29 @@ def test_login_and_register_without_token_are_refused(app, client):
     )  # fmt: skip
     assert register.status_code == 400
     assert client.get("/keys").status_code == 302  # nobody got signed in
+
+
+def test_every_state_changing_route_outside_the_api_is_csrf_checked(app):
+    """The CSRF check runs on the portal's blueprints only (app/__init__.py _browser_only):
+    a new form route elsewhere would silently go unchecked, so none may exist."""
+    from app import BROWSER_BLUEPRINTS
+
+    unsafe = {"POST", "PUT", "PATCH", "DELETE"}
+    for rule in app.url_map.iter_rules():
+        if rule.methods & unsafe and not rule.rule.startswith("/api/"):
+            blueprint = rule.endpoint.rpartition(".")[0]
+            assert blueprint in BROWSER_BLUEPRINTS, f"{rule.rule} ({rule.endpoint})"
+    for name in BROWSER_BLUEPRINTS:
+        hooks = [f.__qualname__ for f in app.before_request_funcs.get(name, [])]
+        assert any("csrf_protect" in hook for hook in hooks), name
+    everywhere = [f.__qualname__ for f in app.before_request_funcs.get(None, [])]
+    assert not any("csrf_protect" in hook for hook in everywhere)
+
+
+def test_api_calls_neither_read_nor_set_cookies(app, client):
+    create_user(app)
+    sign_in(client)  # a browser session cookie is present and must not matter to the API
+    response = client.get("/api/v1/ping")
+    assert response.status_code == 200
+    assert "Set-Cookie" not in response.headers
+    assert "Cookie" not in response.headers.get("Vary", "")

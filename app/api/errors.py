@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app.api import bp
 from app.errors import (
     Conflict,
     Forbidden,
@@ -74,16 +72,6 @@ def http_error_json(exc: HTTPException):
     for name, value in exc.get_headers():
         if name in ("Retry-After", "Allow"):
             response.headers[name] = value
-    return response
-
-
-@bp.after_request
-def _options_as_json(response):
-    # Flask answers OPTIONS itself with an empty body; every /api/v1 answer is JSON.
-    if request.method == "OPTIONS" and not response.get_data():
-        allow = [m.strip() for m in response.headers.get("Allow", "").split(",") if m]
-        response.set_data(json.dumps({"allow": allow}))
-        response.mimetype = "application/json"
     return response
 
 

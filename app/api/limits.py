@@ -39,7 +39,6 @@ from flask import Flask, current_app, request
 from limits import parse
 from limits.storage import Storage, storage_from_string
 
-from app.keys.authn import KeyContext
 from app.net import client_ip
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,7 @@ class Limit:
     seconds: int
     text: str  # "5 per 1 minute", for messages
     namespace: str  # storage key prefix: "<RATELIMIT_KEY_PREFIX>/<kind>/<amount>/<seconds>/"
+    fixed_headers: tuple[tuple[str, str], ...]  # the response headers that never change
 
     def key(self, ident: str) -> str:
         return self.namespace + ident
@@ -145,9 +145,13 @@ class ApiLimits:
                 # A typo in a limit must stop the app at start, not fail every API call.
                 raise ValueError(f"{name}: not a rate limit ({exc})") from None
             seconds = item.get_expiry()
-            return Limit(
-                item.amount, seconds, str(item), f"{prefix}/{kind}/{item.amount}/{seconds}/"
+            fixed = (
+                ("X-RateLimit-Limit", str(item.amount)),
+                ("RateLimit-Limit", str(item.amount)),
+                ("RateLimit-Policy", f"{item.amount};w={seconds}"),
             )
+            namespace = f"{prefix}/{kind}/{item.amount}/{seconds}/"
+            return Limit(item.amount, seconds, str(item), namespace, fixed)
 
         self.per_key = limit("key", "KEYDESK_API_RATE_LIMIT")
         self.auth_failures = limit("authfail", "KEYDESK_AUTH_FAILURE_LIMIT")
@@ -163,6 +167,20 @@ class ApiLimits:
         self.fallback = MemoryWindows()
         self.failed_at: float | None = None
         self._lock = threading.Lock()
+
+        if isinstance(self.primary, MemoryWindows):
+            # Memory cannot be unreachable: call it directly, no failover wrapping per call.
+            self.hit, self.count = self.primary.hit, self.primary.count
+            self.reset_at = self.primary.reset_at
+
+    def hit(self, key: str, seconds: int, now: float) -> tuple[int, float]:
+        return self.run(lambda windows: windows.hit(key, seconds, now))
+
+    def count(self, key: str, now: float) -> int:
+        return self.run(lambda windows: windows.count(key, now))
+
+    def reset_at(self, key: str, now: float) -> float:
+        return self.run(lambda windows: windows.reset_at(key, now))
 
     def run(self, op):
         """op(windows) on the configured storage, or on the memory fallback while it is down."""
@@ -184,54 +202,43 @@ class ApiLimits:
                 return result
         return op(self.fallback)
 
-    def charge(self, limit: Limit, ident: str, what: str) -> None:
+    def charge(self, limit: Limit, ident: str, what: str, environ: dict, now: float) -> None:
         """Count one request against `limit` for `ident`; RateLimited when over.
         Either way the response carries the limit's headers."""
-        now = time.time()
-        key = limit.key(ident)
-        count, reset_at = self.run(lambda windows: windows.hit(key, limit.seconds, now))
-        request.environ[HEADERS_ENVIRON_KEY] = headers(limit, limit.amount - count, reset_at, now)
+        count, reset_at = self.hit(limit.namespace + ident, limit.seconds, now)
+        environ[HEADERS_ENVIRON_KEY] = headers(limit, limit.amount - count, reset_at, now)
         if count > limit.amount:
             raise RateLimited(f"Rate limit of {limit.text} for {what} exceeded", limit, reset_at)
+
+    def check_auth_failures(self, ip: str, now: float) -> None:
+        """Before any key check: 429 when `ip` used up its failed-authentication budget."""
+        limit = self.auth_failures
+        key = limit.namespace + ip
+        if self.count(key, now) >= limit.amount:
+            raise RateLimited(
+                "Too many failed authentications from this address; try again later",
+                limit,
+                self.reset_at(key, now),
+            )
 
 
 def _limits() -> ApiLimits:
     return current_app.extensions["keydesk.limits"]
 
 
-def check_key(ctx: KeyContext) -> None:
-    """Charge the per-key limit for an authenticated request; RateLimited when over."""
-    limits = _limits()
-    limits.charge(limits.per_key, ctx.key_id, "this API key")
-
-
-def check_auth_failures() -> None:
-    """Before any key check: 429 when this address used up its failed-authentication budget."""
-    limits = _limits()
-    limit, now = limits.auth_failures, time.time()
-    key = limit.key(client_ip())
-    if limits.run(lambda windows: windows.count(key, now)) >= limit.amount:
-        raise RateLimited(
-            "Too many failed authentications from this address; try again later",
-            limit,
-            limits.run(lambda windows: windows.reset_at(key, now)),
-        )
-
-
 def count_auth_failure() -> None:
     """Charge one failed authentication to the client address (called on every 401)."""
     limits = _limits()
     limit, now = limits.auth_failures, time.time()
-    key = limit.key(client_ip())
     try:
-        limits.run(lambda windows: windows.hit(key, limit.seconds, now))
+        limits.hit(limit.key(client_ip()), limit.seconds, now)
     except Exception:  # never turn a 401 into a 500
         log.warning("could not count a failed authentication", exc_info=True)
 
 
 def check_leak_report() -> None:
     limits = _limits()
-    limits.charge(limits.leak_reports, client_ip(), "leak reports")
+    limits.charge(limits.leak_reports, client_ip(), "leak reports", request.environ, time.time())
 
 
 def _retry_after(reset_at: float, now: float) -> int:
@@ -241,15 +248,13 @@ def _retry_after(reset_at: float, now: float) -> int:
 def headers(limit: Limit, remaining: int, reset_at: float, now: float) -> list[tuple[str, str]]:
     """The standard headers: X-RateLimit-* (as Flask-Limiter sends them, reset in Unix time)
     and the IETF draft RateLimit-* fields (reset in seconds from now)."""
-    amount, left = str(limit.amount), str(max(0, remaining))
+    left = str(max(0, remaining))
     return [
-        ("X-RateLimit-Limit", amount),
+        *limit.fixed_headers,
         ("X-RateLimit-Remaining", left),
         ("X-RateLimit-Reset", str(int(reset_at))),
-        ("RateLimit-Limit", amount),
         ("RateLimit-Remaining", left),
         ("RateLimit-Reset", str(_retry_after(reset_at, now))),
-        ("RateLimit-Policy", f"{amount};w={limit.seconds}"),
     ]
 
 
