@@ -5,7 +5,8 @@
 Compares the same JSON view in a bare Flask app: without Flask-Limiter, with
 Flask-Limiter bound but no limit on the view (its before/after_request hooks run
 anyway), with a memory:// per-key limit through Flask-Limiter's decorator, and the
-same limit checked directly with the `limits` library Flask-Limiter is built on.
+same limit checked directly with the `limits` library Flask-Limiter is built on, and
+with the counters Keydesk's API uses (app/api/limits.py MemoryWindows).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main() -> None:
     from limits.storage import MemoryStorage
     from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
+    from app.api.limits import MemoryWindows
+
     def key() -> str:
         return request.headers.get("Authorization", "")
 
@@ -60,6 +63,23 @@ def main() -> None:
             return jsonify(error="rate_limited"), 429
         return jsonify(pong=True)
 
+    @direct.get("/fixed-stats")
+    def fixed_stats_view():  # what app/api/limits.py did until 2026-11: hit + window stats
+        allowed = fixed.hit(rate, "key", key())
+        fixed.get_window_stats(rate, "key", key())
+        if not allowed:
+            return jsonify(error="rate_limited"), 429
+        return jsonify(pong=True)
+
+    windows = MemoryWindows()
+
+    @direct.get("/windows")
+    def windows_view():
+        count, _reset_at = windows.hit("key/" + key(), rate.get_expiry(), time.time())
+        if count > rate.amount:
+            return jsonify(error="rate_limited"), 429
+        return jsonify(pong=True)
+
     @direct.get("/moving")
     def moving_view():
         if not moving.hit(rate, "key", key()):
@@ -72,7 +92,9 @@ def main() -> None:
         ("Flask-Limiter bound, view not limited", per_request_us(limited, "/none")),
         ("Flask-Limiter @limit, memory:// (fixed window)", per_request_us(limited, "/limited")),
         ("limits FixedWindowRateLimiter.hit, memory://", per_request_us(direct, "/fixed")),
+        ("limits FixedWindow hit + get_window_stats", per_request_us(direct, "/fixed-stats")),
         ("limits MovingWindowRateLimiter.hit, memory://", per_request_us(direct, "/moving")),
+        ("Keydesk MemoryWindows.hit (app/api/limits.py)", per_request_us(direct, "/windows")),
     ]
     for name, us in rows:
         print(f"{name:50s} {us:7.1f} µs/request  (+{us - base:5.1f})")

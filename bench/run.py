@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -109,7 +109,7 @@ def gunicorn(env: dict, target: str, workers: int):
         cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    ping = "/ping" if "bare_app" in target else "/api/v1/ping"
+    ping = "/api/v1/ping" if target.startswith("app:") else "/ping"
     try:
         for _ in range(300):
             with suppress(OSError):
@@ -203,21 +203,29 @@ def run_count(args, count: int) -> dict:
             "revoked": fixtures["revoked"], "expired": fixtures["expired"],
             "unknown": fixtures["unknown"], "bad_checksum": fixtures["bad_checksum"],
         }  # fmt: skip
+        cases = (*CASES, "lean") if args.lean else CASES
+        tokens["lean"] = tokens["me"]
         with (
             gunicorn(env, "app:create_app()", args.workers) as (app_url, app_proc),
             gunicorn(env, "bench.bare_app:app", args.workers) as (bare_url, _),
+            gunicorn(env, "bench.lean_app:app", args.workers)
+            if args.lean
+            else nullcontext((None, None)) as (lean_url, _),
         ):
-            urls = {case: app_url + "/api/v1/me" for case in CASES}
+            urls = {case: app_url + "/api/v1/me" for case in cases}
             urls["bare"], urls["ping"] = bare_url + "/ping", app_url + "/api/v1/ping"
-            for case in CASES:
-                check(urls[case], tokens[case], 200 if case in ("bare", "ping", "me") else 401)
+            if args.lean:
+                urls["lean"] = lean_url + "/me"
+            for case in cases:
+                ok = case in ("bare", "ping", "me", "lean")
+                check(urls[case], tokens[case], 200 if ok else 401)
             # Warm up every path (imports, pool, page cache) before measuring.
-            for case in CASES:
+            for case in cases:
                 wrk(urls[case], tokens[case], duration=1, connections=args.connections)
-            rounds: dict[str, list[dict]] = {case: [] for case in CASES}
+            rounds: dict[str, list[dict]] = {case: [] for case in cases}
             for n in range(args.rounds):
                 # Rotate the order each round so no case always runs first or last.
-                for case in CASES[n % len(CASES) :] + CASES[: n % len(CASES)]:
+                for case in cases[n % len(cases) :] + cases[: n % len(cases)]:
                     result = wrk(
                         urls[case], tokens[case], duration=args.duration,
                         connections=args.connections,
@@ -225,7 +233,7 @@ def run_count(args, count: int) -> dict:
                     rounds[case].append(result)
                 log(
                     f"round {n + 1}/{args.rounds}: "
-                    + ", ".join(f"{c} {rounds[c][-1]['rps']:.0f}" for c in CASES)
+                    + ", ".join(f"{c} {rounds[c][-1]['rps']:.0f}" for c in cases)
                 )
             memory = (
                 measure_memory(args, app_url, app_proc, fixtures["valid"])
@@ -244,6 +252,8 @@ def run_count(args, count: int) -> dict:
         "me/ping": ratio("me", "ping"),
         "refusal/me": min(ratio(case, "me") for case in refusals),
     }
+    if args.lean:
+        ratios["lean/bare"], ratios["me/lean"] = ratio("lean", "bare"), ratio("me", "lean")
     return {
         "keys": count, "database": db_label, "seed_seconds": seed_seconds,
         "median": median, "ratios": ratios, "rounds": rounds, "memory": memory,
@@ -316,6 +326,12 @@ def table(results: list[dict], args) -> str:
             f" me/ping ratio {normalized:.2f}"
         )
     for r in results:
+        if "lean/bare" in r["ratios"]:
+            notes.append(
+                f"lean ({r['keys']:,} keys; bench/lean_app.py: lookup + HMAC, no features):"
+                f" {r['median']['lean']['rps']:.0f} rps, lean/bare {r['ratios']['lean/bare']:.2f},"
+                f" me/lean {r['ratios']['me/lean']:.2f}"
+            )
         if r["memory"]:
             m = r["memory"]
             notes.append(
@@ -352,6 +368,10 @@ def main() -> None:
     parser.add_argument(
         "--memory", action="store_true", default=bool(os.environ.get("BENCH_MEMORY")),
         help="also measure worker RSS after 20k and 200k /me requests (env BENCH_MEMORY=1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lean", action="store_true", default=bool(os.environ.get("BENCH_LEAN")),
+        help="also serve bench/lean_app.py (the lookup and nothing else) as a reference case",
     )  # fmt: skip
     parser.add_argument("--memory-keys", type=int, default=200, help=argparse.SUPPRESS)
     args = parser.parse_args()
