@@ -147,3 +147,18 @@ def test_unreachable_storage_falls_back_to_memory(tmp_path, caplog):
     assert codes == [200, 200, 429]
     warnings = [r for r in caplog.records if "rate limit storage unreachable" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_memory_windows_start_at_the_first_hit_and_ended_ones_are_dropped():
+    from app.api.limits import MemoryWindows
+
+    windows = MemoryWindows()
+    assert windows.hit("a", 60, now=1000.0) == (1, 1060.0)
+    assert windows.hit("a", 60, now=1059.0) == (2, 1060.0)
+    assert windows.count("a", now=1059.0) == 2
+    assert windows.count("a", now=1060.0) == 0  # the window has ended
+    assert windows.hit("a", 60, now=1061.0) == (1, 1121.0)  # a new one starts here
+    for n in range(100):  # addresses that each failed once and went quiet
+        windows.hit(f"quiet-{n}", 60, now=1061.0)
+    windows.hit("b", 60, now=1061.0 + windows.SWEEP_EVERY + 60)  # a new window sweeps
+    assert set(windows._windows) == {"b"}

@@ -159,3 +159,10 @@ def test_random_base62_maps_bytes_without_bias():
     assert sorted(kept) == sorted(keyformat.ALPHABET.encode()) and set(kept.values()) == {4}
     drawn = keyformat.random_base62(10_000)
     assert len(drawn) == 10_000 and set(drawn) <= set(keyformat.ALPHABET)
+
+
+def test_the_hot_path_digester_equals_the_one_shot_digest():
+    digester = keyformat.Digester(b"pepper")
+    for secret in (keyformat.new_secret() for _ in range(20)):
+        assert digester(secret) == keyformat.digest(b"pepper", secret)
+    assert digester("a") != keyformat.Digester(b"other pepper")("a")
