@@ -98,13 +98,12 @@ def _browser_only(app: Flask, hooks: list[tuple[str, object]]) -> None:
     request onto the portal's blueprints. The JSON API takes bearer keys (its blueprint
     is CSRF-exempt and gets a null session), and the two app-wide hooks cost it ~5% of
     /api/v1/ping's throughput (measured with wrk). The app's own routes outside the
-    blueprints (/healthz, /static) are GET only, where neither hook does anything."""
+    blueprints (/healthz, /static) are GET only: no CSRF check applies to them, and they
+    never sign anyone in or out."""
     for kind, hook in hooks:
         getattr(app, kind)[None].remove(hook)
         for name in BROWSER_BLUEPRINTS:
-            funcs = getattr(app, kind).setdefault(name, [])
-            # Before the blueprint's own hooks, as when they ran app-wide.
-            if kind == "before_request_funcs":
-                funcs.insert(0, hook)
-            else:
-                funcs.append(hook)
+            # First in the list: Flask runs before_request hooks in order and after_request
+            # hooks in reverse, so they run where they ran app-wide (before the blueprint's
+            # own before_request hooks, after its after_request hooks).
+            getattr(app, kind).setdefault(name, []).insert(0, hook)

@@ -55,6 +55,8 @@ class SessionInterface(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request):
         if request.path.startswith("/api/"):
+            # The same prefix as the CSRF-exempt API blueprint (app/api): a session there
+            # would be a cookie credential without CSRF protection. Keep the two in step.
             return self.make_null_session(app)
         if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
             return self.session_class()
@@ -138,12 +140,14 @@ class ResponseHeaders:
 
     def __call__(self, environ, start_response):
         def start(status, headers, exc_info=None):
+            headers = list(headers)
             present = {name.lower() for name, _ in headers}
             for name, lowered, value in _ALWAYS:
                 if lowered not in present:
                     headers.append((name, value))
             # ProxyFix (if configured) has already set the scheme the client used.
-            if environ.get("wsgi.url_scheme") == "https" and _HSTS[0].lower() not in present:
+            secure = environ.get("wsgi.url_scheme") in ("https", "wss")
+            if secure and _HSTS[0].lower() not in present:
                 headers.append(_HSTS)
             if "cache-control" not in present and any(
                 name.lower() == "content-type" and value.startswith("text/html")

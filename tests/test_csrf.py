@@ -126,3 +126,15 @@ def test_api_calls_neither_read_nor_set_cookies(app, client):
     assert response.status_code == 200
     assert "Set-Cookie" not in response.headers
     assert "Cookie" not in response.headers.get("Vary", "")
+
+
+def test_admin_and_invitation_forms_without_the_token_are_refused(app, client):
+    create_user(app)  # an admin of "acme"
+    sign_in(client)
+    assert client.post("/admin/policy", data={"max_lifetime_days": "30"}).status_code == 400
+    invite = client.post("/admin/members/invite", data={"email": "bob@example.com"})
+    assert invite.status_code == 400
+    assert "bob@example.com" not in client.get("/admin/members").get_data(as_text=True)
+    client.post("/logout", data={"csrf_token": token_from(client.get("/keys"))})
+    accept = client.post("/invite/some-token", data={"password": PASSWORD, "confirm": PASSWORD})
+    assert accept.status_code == 400

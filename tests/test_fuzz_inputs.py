@@ -185,3 +185,13 @@ def test_nul_bytes_anywhere_are_a_400_not_a_database_error(app, signed_in):
         "Content-Type": "application/json"},
     )  # fmt: skip
     assert api.status_code == 400 and api.json["error"] == "invalid_request"
+
+
+def test_nul_bytes_in_the_query_string_are_a_400(app, signed_in):
+    key = issue_key(app)
+    assert signed_in.get("/admin/keys?q=a%00b").status_code == 400
+    assert signed_in.get("/admin/keys?a%00=1").status_code == 400
+    assert signed_in.get("/api/v1/resources?tenant=%00", headers=bearer(key)).status_code == 400
+    # An encoded percent sign followed by "00" is not a NUL: searched for as typed.
+    assert signed_in.get("/admin/keys?q=%2500").status_code == 200
+    assert signed_in.get("/api/v1/me?x=%2500", headers=bearer(key)).status_code == 200

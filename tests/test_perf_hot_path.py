@@ -253,3 +253,45 @@ def test_postgresql_reconnects_and_answers_503_while_down(pg_app):
         keys.revoke_key(key=_key_row(key), now=utcnow(), actor=Actor.cli())
         db.session.commit()
     assert client.get("/api/v1/me", headers=bearer(key)).status_code == 401
+
+
+def _closed(conn) -> bool:
+    try:
+        conn.cursor().execute("SELECT 1")
+    except Exception:  # sqlite3.ProgrammingError, psycopg.OperationalError: closed
+        return True
+    return False
+
+
+def test_disposing_the_engine_closes_the_lookup_connections(app, client, user):
+    """They live outside SQLAlchemy's pool (app/keys/authn.py): dispose() must still reach
+    them, or a database could not be dropped or failed over while a worker holds them."""
+    key = issue_key(app)
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+    authenticator = app.extensions["keydesk.authenticator"]
+    [(_, conn)] = authenticator._idle
+    with app.app_context():
+        db.engine.dispose()
+    assert _closed(conn) and authenticator._idle == []
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200  # a new one
+
+
+def test_concurrent_lookups_share_few_connections_through_a_dispose(app, user):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.keys.authn import MAX_IDLE
+
+    key = issue_key(app)
+    authenticator = app.extensions["keydesk.authenticator"]
+    key_id = keyformat.parse(key).key_id
+
+    def lookups(n: int) -> int:
+        found = sum(authenticator.lookup(key_id) is not None for _ in range(50))
+        if n == 5:
+            authenticator.close_connections()  # as engine.dispose() does, mid-flight
+        return found
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert list(pool.map(lookups, range(32))) == [50] * 32
+    assert 1 <= len(authenticator._idle) <= MAX_IDLE
+    assert not any(_closed(conn) for _, conn in authenticator._idle)

@@ -24,6 +24,13 @@ def test_security_headers_on_every_kind_of_response(app, signed_in):
     responses.append(signed_in.get(f"/keys/{key.split('_')[1]}"))
     responses.append(signed_in.get("/nothing-here"))
     responses.append(signed_in.get("/api/v1/me"))
+    responses.append(signed_in.delete("/keys"))  # 405
+    with signed_in.get("/static/style.css") as static:  # closes the file it streams
+        responses.append(static)
+    responses.append(signed_in.get("/admin/audit?format=csv"))  # a download
+    responses.append(signed_in.options("/api/v1/me"))
+    statuses = {response.status_code for response in responses}
+    assert {200, 401, 404, 405} <= statuses
     for response in responses:
         csp = _csp(response)
         assert "'unsafe-inline'" not in response.headers["Content-Security-Policy"]

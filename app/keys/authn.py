@@ -38,6 +38,8 @@ _LOOKUP = (
     " LEFT JOIN users u ON u.id = k.user_id"
     " WHERE k.key_id = {param}"
 )
+# Idle lookup connections kept per app and process (see Authenticator.__init__).
+MAX_IDLE = 8
 # Spent on unknown key ids too, so "no such key" costs what "wrong secret" costs.
 _DUMMY_DIGEST = bytes(32)
 
@@ -95,6 +97,8 @@ class Authenticator:
         # bench/profile.py); list.pop and list.append are atomic and cost nothing. There is
         # no pre-ping and no rollback on return, each a round trip more than the lookup: a
         # connection found dead is closed and the lookup retried once on a new one.
+        # At most MAX_IDLE are kept (a burst of concurrent lookups in a threaded worker
+        # must not pin that many database connections for the worker's lifetime).
         self._idle: list = []
         self._generation = 0  # close_connections() bumps it: older connections are closed
         self._lock = threading.Lock()
@@ -108,7 +112,9 @@ class Authenticator:
         try:
             return self._fetch(key_id)
         except self._gone:
-            pass  # that connection was dead (database restarted, idle timeout): once more
+            # That connection was dead (database restarted, idle timeout), and so are likely
+            # all its idle siblings: drop them, as SQLAlchemy's pool does, then once more.
+            self.close_connections()
         try:
             return self._fetch(key_id)
         except self._gone as exc:
@@ -124,17 +130,19 @@ class Authenticator:
                 _close_quietly(conn)
                 generation, conn = self._connect()
         try:
-            # connection.execute (sqlite3 and psycopg 3 both have it) makes the cursor.
+            cursor = conn.cursor()
+            cursor.execute(self.sql, (key_id,))
             # fetchall, not fetchone: stepping past the (unique) row finishes the
             # statement, so SQLite keeps no read snapshot open between requests.
-            rows = conn.execute(self.sql, (key_id,)).fetchall()
-        except self._gone:
-            _close_quietly(conn)
+            rows = cursor.fetchall()
+            cursor.close()
+        except BaseException:
+            _close_quietly(conn)  # whatever went wrong, never reuse it half-way
             raise
-        if generation == self._generation:
+        if generation == self._generation and len(self._idle) < MAX_IDLE:
             self._idle.append((generation, conn))
         else:
-            _close_quietly(conn)  # close_connections() ran while this one was in use
+            _close_quietly(conn)  # stale (close_connections ran meanwhile) or one too many
         return rows[0] if rows else None
 
     def _connect(self) -> tuple[int, object]:
