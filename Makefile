@@ -12,7 +12,7 @@ PYTEST_WORKERS ?= 0
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint format clean browser e2e bench
+.PHONY: run test lint format clean browser e2e bench screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -54,6 +54,10 @@ $(AXE): package.json package-lock.json
 
 e2e: $(STAMP) browser
 	$(BIN)/pytest tests/e2e
+
+# Refresh the README's pictures in docs/screenshots/ (make test takes them into a temporary folder).
+screenshots: $(STAMP) browser
+	KEYDESK_SCREENSHOTS=1 $(BIN)/pytest tests/e2e/test_screenshots.py
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .

@@ -164,6 +164,11 @@ def axe_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
+def screenshots(tmp_path_factory) -> Path:
+    """docs/screenshots/ with KEYDESK_SCREENSHOTS=1 (`make screenshots`); otherwise a
+    temporary folder, so that `make test` leaves the tree clean (the pictures hold
+    random key ids and dates, and would differ on every run)."""
+    if not os.environ.get("KEYDESK_SCREENSHOTS"):
+        return tmp_path_factory.mktemp("screenshots")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS

@@ -1,4 +1,5 @@
-"""Builds a small, realistic account and saves the README's screenshots to docs/screenshots/.
+"""Builds a small, realistic account and takes the README's screenshots (saved to
+docs/screenshots/ by `make screenshots`).
 
 The pictures are a by-product; the test itself checks what they are meant to show.
 """
