@@ -121,9 +121,22 @@ def test_expired_revoked_and_unknown_invites_say_so(app, signed_in):
         assert db.session.scalar(select(User).where(User.email == "late@example.com")) is None
 
 
-def test_invite_for_an_existing_account_is_refused(signed_in):
+def test_invite_for_a_member_is_refused(signed_in):
     response = signed_in.post("/admin/members/invite", data={"email": "alice@example.com"})
-    assert response.status_code == 400 and "already exists" in response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "already belongs to a member" in response.get_data(as_text=True)
+
+
+def test_invites_do_not_reveal_accounts_of_other_organizations(app, signed_in):
+    """An admin must not learn which addresses have accounts elsewhere: an invitation to
+    one is made exactly like one to a new address; accepting it says the address is taken."""
+    create_user(app, "carol@example.com", tenant="elsewhere")
+    link = invite(signed_in, "carol@example.com")  # 200 with a link, as for anyone
+    assert invite(signed_in, "nobody@example.com")
+    accepting = app.test_client().post(
+        path_of(link), data={"password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
+    )
+    assert accepting.status_code == 409
 
 
 def test_accepting_after_the_address_got_an_account_says_so(app, signed_in):

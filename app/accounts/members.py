@@ -168,8 +168,11 @@ def create_invite(
 ) -> tuple[Invite, str]:
     """Returns (invite, token); the token exists only in this return value."""
     email = accounts.normalize_email(email)
-    if accounts.email_taken(email):
-        raise InvalidInput("An account with this email already exists", field="email")
+    existing = accounts.get_user_by_email(email)
+    if existing is not None and existing.tenant_id == tenant.id:
+        raise InvalidInput("This address already belongs to a member", field="email")
+    # An account in another organization is not revealed to this admin: the invitation is
+    # made as for anyone, and accepting it says that the address has an account already.
     token = secrets.token_urlsafe(32)
     invite = Invite(
         tenant_id=tenant.id,
