@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from flask import g, jsonify, request, url_for
 
-from app.accounts.service import get_tenant_by_slug
 from app.admin import auditlog, inventory
 from app.api import bp
 from app.api.auth import require_scopes
-from app.api.common import key_actor
+from app.api.common import key_actor, tenant_for
 from app.clock import utcnow
-from app.errors import Forbidden, InvalidInput, NotFound
+from app.errors import Forbidden, InvalidInput
 from app.extensions import db
 from app.keys import service as keys
 from app.params import whole_number
@@ -24,13 +23,10 @@ KEYS_PER_PAGE, MAX_KEYS_PER_PAGE = 100, 1000
 
 
 def _admin_tenant(slug: str):
-    """The tenant named in the URL, if the calling key may administer it."""
+    """The tenant named in the URL, if the calling key may administer it: tenant_for's
+    404 rules, then 403 for a user key that is not an admin's."""
     ctx = g.key
-    if not ctx.is_client and ctx.tenant_slug != slug:
-        raise NotFound("No such tenant")
-    tenant = get_tenant_by_slug(slug)
-    if tenant is None:
-        raise NotFound("No such tenant")
+    tenant = tenant_for(slug, ctx)
     if not ctx.is_client and ctx.user_role != "admin":
         raise Forbidden("Only a tenant admin's key may do this")
     return tenant
