@@ -1,8 +1,9 @@
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, IntegerField, PasswordField, SelectField
+from wtforms import BooleanField, EmailField, IntegerField, SelectField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
+from app.auth.forms import new_password_fields
 from app.keys.scopes import ALL_SCOPES
 from app.portal.forms import MultiCheckboxField
 
@@ -33,12 +34,4 @@ class RoleForm(FlaskForm):
 
 
 class AcceptInviteForm(FlaskForm):
-    password = PasswordField(
-        "Choose a password",
-        validators=[DataRequired(), Length(min=12, max=128, message="Use 12 to 128 characters")],
-        description="At least 12 characters; not your email; not a common password.",
-    )
-    confirm = PasswordField(
-        "Confirm password",
-        validators=[DataRequired(), EqualTo("password", message="The passwords do not match")],
-    )
+    password, confirm = new_password_fields("Choose a password")

@@ -8,10 +8,10 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
 
 
-class RegisterForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+def new_password_fields(label: str) -> tuple[PasswordField, PasswordField]:
+    """A new password and its confirmation (registration, accepting an invitation)."""
     password = PasswordField(
-        "Password",
+        label,
         validators=[DataRequired(), Length(min=12, max=128, message="Use 12 to 128 characters")],
         description="At least 12 characters; not your email; not a common password.",
     )
@@ -19,6 +19,12 @@ class RegisterForm(FlaskForm):
         "Confirm password",
         validators=[DataRequired(), EqualTo("password", message="The passwords do not match")],
     )
+    return password, confirm
+
+
+class RegisterForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password, confirm = new_password_fields("Password")
     organization = StringField(
         "Organization",
         validators=[DataRequired(), Length(max=200)],
