@@ -98,7 +98,9 @@ class Authenticator:
         # no pre-ping and no rollback on return, each a round trip more than the lookup: a
         # connection found dead is closed and the lookup retried once on a new one.
         # At most MAX_IDLE are kept (a burst of concurrent lookups in a threaded worker
-        # must not pin that many database connections for the worker's lifetime).
+        # must not pin that many database connections for the worker's lifetime). They
+        # belong to one process: gunicorn builds the app in each worker (no --preload in
+        # gunicorn.conf.py), so no lookup connection is ever inherited across a fork.
         self._idle: list = []
         self._generation = 0  # close_connections() bumps it: older connections are closed
         self._lock = threading.Lock()
