@@ -76,7 +76,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 # The blueprints of the browser portal: CSRF-checked forms and session cookies. Every
-# route that changes state outside /api/v1 must live in one of them (a test checks).
+# route that changes state outside /api/ must live in one of them (a test checks).
 BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites")
 
 
