@@ -1,11 +1,11 @@
 """/invite/<token>: the public page where an invited person sets a password and joins."""
 
-from flask import Blueprint, current_app, flash, redirect, render_template, session, url_for
-from flask_login import login_user
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
 from sqlalchemy.exc import IntegrityError
 
 from app.accounts import members
 from app.admin.forms import AcceptInviteForm
+from app.auth.signin import complete_sign_in
 from app.clock import utcnow
 from app.errors import InvalidInput
 from app.extensions import db, limiter
@@ -51,8 +51,8 @@ def accept(token: str):
             except IntegrityError:  # the same address registered at the same moment
                 db.session.rollback()
                 return _taken()
-            session.clear()  # a fresh session: whoever was signed in here is signed out
-            login_user(user)
+            # A fresh session: whoever was signed in here is signed out.
+            complete_sign_in(user, method="invite")
             flash(f"Welcome to {user.tenant.name}! You are signed in as {user.email}.", "success")
             return redirect(url_for("portal.keys"))
     status = 400 if form.errors else 200

@@ -2,13 +2,14 @@
 
 from urllib.parse import urlsplit
 
-from flask import current_app, flash, redirect, render_template, request, session, url_for
-from flask_login import current_user, login_required, login_user, logout_user
+from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
 from sqlalchemy.exc import IntegrityError
 
 from app.accounts import service as accounts
 from app.auth import bp
 from app.auth.forms import LoginForm, RegisterForm
+from app.auth.signin import complete_sign_in, sign_out
 from app.clock import utcnow
 from app.errors import InvalidInput
 from app.extensions import db, limiter
@@ -46,11 +47,6 @@ def _login_account_key() -> str:
     return "login-account:" + (request.form.get("email") or "").strip().lower()[:254]
 
 
-def _start_session(user) -> None:
-    session.clear()  # a fresh session on sign-in: no fixation, no stale flashes
-    login_user(user)
-
-
 @bp.route("/register", methods=["GET", "POST"])
 @limiter.limit(_login_limit, methods=["POST"], key_func=client_ip)
 def register():
@@ -84,7 +80,7 @@ def register():
                 db.session.rollback()
                 form.email.errors.append("That did not go through; please submit again.")
                 return render_template("auth/register.html", form=form), 409
-            _start_session(user)
+            complete_sign_in(user, method="register")
             flash(f"Welcome! Your organization {user.tenant.name} is ready.", "success")
             return redirect(url_for("portal.keys"))
     status = 400 if form.errors or error else 200
@@ -115,7 +111,7 @@ def login():
         )
         db.session.commit()  # the audit event of a failure is kept too
         if user is not None:
-            _start_session(user)
+            complete_sign_in(user, method="password")
             return redirect(safe_next(request.args.get("next") or request.form.get("next")))
         error = GENERIC_LOGIN_ERROR
     elif request.method == "POST":
@@ -129,7 +125,6 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
-    logout_user()
-    session.clear()
+    sign_out()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
