@@ -11,6 +11,7 @@ from flask.cli import with_appcontext
 from app.admin import reminders
 from app.clock import utcnow
 from app.extensions import db
+from app.mail import smtp_sender
 
 
 @click.command("remind")
@@ -37,7 +38,7 @@ def remind(within_days: int) -> None:
     send = None
     if url:
         try:
-            send = reminders.smtp_sender(url)
+            send = smtp_sender(url)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     sent = 0

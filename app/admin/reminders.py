@@ -8,14 +8,10 @@ failure halfway leaves the rest to be sent by the next run.
 
 from __future__ import annotations
 
-import smtplib
-import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from email.message import EmailMessage
 from itertools import groupby
-from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import or_, select, update
 
@@ -78,34 +74,3 @@ def mark_reminded(reminder: Reminder, now: datetime) -> None:
         .values(reminded_at=now)
         .execution_options(synchronize_session=False)
     )
-
-
-def smtp_sender(url: str) -> Callable[[list[EmailMessage]], None]:
-    """A function that sends messages through the SMTP server named by KEYDESK_MAIL_URL.
-
-    smtp://user:pass@host:port (plain, port 25 by default), smtp+starttls://… (587),
-    smtps://… (TLS from the start, 465).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("smtp", "smtp+starttls", "smtps") or not parts.hostname:
-        raise ValueError("KEYDESK_MAIL_URL must look like smtp://user:pass@host:port")
-    default_port = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}[parts.scheme]
-    host, port = parts.hostname, parts.port or default_port
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-
-    def send(messages: list[EmailMessage]) -> None:
-        context = ssl.create_default_context()
-        if parts.scheme == "smtps":
-            client = smtplib.SMTP_SSL(host, port, timeout=30, context=context)
-        else:
-            client = smtplib.SMTP(host, port, timeout=30)
-        with client:
-            if parts.scheme == "smtp+starttls":
-                client.starttls(context=context)
-            if user:
-                client.login(user, password or "")
-            for message in messages:
-                client.send_message(message)
-
-    return send
