@@ -13,16 +13,45 @@ import re
 
 from gunicorn.glogging import Logger
 
-_INVITE = re.compile(r"^/invite/[^/]+")
+_INVITE = re.compile(r"^/invite/[^/?\s]+")
+_INVITE_ANYWHERE = re.compile(r"/invite/[^/?\s]+")
 
 
 class ScrubbingLogger(Logger):
+    """Access log lines without invitation tokens, and never an exception from logging.
+
+    gunicorn writes this line for requests it refused itself (bad framing such as
+    `Content-Length: -1`, two Content-Length headers, `Transfer-Encoding: gzip`) from an
+    environ that has no PATH_INFO, method or protocol: those atoms are None. An exception
+    raised here propagates out of gunicorn's error handler and ends the worker, so every
+    atom is made a string and any surprise falls back to a line without the request.
+    """
+
     def atoms(self, resp, req, environ, request_time):
-        atoms = super().atoms(resp, req, environ, request_time)
-        atoms["U"] = _INVITE.sub("/invite/[token]", atoms["U"])
+        try:
+            atoms = super().atoms(resp, req, environ, request_time)
+        except Exception:  # noqa: BLE001 - a log line must never take the worker down
+            return {"h": "-", "s": str(getattr(resp, "status_code", "-") or "-")}
+        for name, value in list(atoms.items()):
+            if value is None or value == "":
+                atoms[name] = "-"
+        atoms["U"] = _INVITE.sub("/invite/[token]", str(atoms["U"]))
+        # %(r)s and the raw URI hold the same path (plus the query): scrub them alike.
+        for name in ("r", "{raw_uri}e", "{path_info}e", "{request_uri}e"):
+            if name in atoms:
+                atoms[name] = _INVITE_ANYWHERE.sub("/invite/[token]", str(atoms[name]))
         return atoms
 
 
 logger_class = ScrubbingLogger
 accesslog = "-"
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'
+
+# Chosen, not inherited: a sync worker serves one request at a time and reads the whole
+# body inside it, so a client that announces a body and never sends it holds that worker
+# until this timeout, and the arbiter then kills and replaces the worker. The same clock
+# bounds the longest legitimate request, a streamed audit export, which is why it is not
+# lower. Slow clients are not gunicorn's to absorb: run Keydesk behind a buffering proxy
+# (nginx with its defaults reads the whole request before passing it on), see README
+# "Running in production".
+timeout = 30

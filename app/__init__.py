@@ -72,6 +72,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.cli import register_cli
 
     register_cli(app)
+    # Outermost, after every other WSGI middleware: nothing the app raises reaches the server.
+    app.wsgi_app = web.LastResort(app.wsgi_app, app)
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from flask import (
     Flask,
@@ -24,7 +25,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from app.api.limits import HEADERS_ENVIRON_KEY
 from app.extensions import db
@@ -159,6 +160,145 @@ class ResponseHeaders:
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, start)
+
+
+_PLAIN_500_HTML = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>500 Internal Server Error</title></head>
+<body><h1>Something went wrong on our side</h1>
+<p>Try again in a moment.</p></body></html>
+"""
+_PLAIN_500_JSON = b'{"error": "server_error", "error_description": "Internal server error"}'
+
+
+class LastResort:
+    """The outermost WSGI layer: no exception of the app ever reaches the server.
+
+    Flask turns a view's exception into a 500 page, but not one raised by an error handler,
+    a middleware or a response body. Such an exception would reach gunicorn, and from
+    gunicorn's error path a single bad request has ended a worker (see gunicorn.conf.py).
+    Here it is logged and answered with a plain 500 built from constants (JSON under /api/,
+    HTML elsewhere): no template, no database, nothing that could fail again.
+
+    A body that fails after its first bytes went out cannot become a 500 any more; the
+    exception is logged and passed on so that gunicorn cuts the connection, because a
+    download that stops half-way must not look complete to the client.
+
+    With PROPAGATE_EXCEPTIONS (tests, debug mode) exceptions pass through untouched, as
+    Flask itself lets them, so a failing test shows its traceback.
+    """
+
+    def __init__(self, wsgi_app, flask_app: Flask) -> None:
+        self.wsgi_app = wsgi_app
+        self.flask_app = flask_app
+
+    def _propagate(self) -> bool:
+        # Flask's own rule (Flask.handle_exception), read per request as config may change.
+        value = self.flask_app.config.get("PROPAGATE_EXCEPTIONS")
+        if value is not None:
+            return bool(value)
+        return self.flask_app.testing or self.flask_app.debug
+
+    def __call__(self, environ, start_response):
+        if "wsgi.input" in environ and (
+            environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")
+        ):
+            environ["wsgi.input"] = _ReadableInput(environ["wsgi.input"])
+        try:
+            body = self.wsgi_app(environ, start_response)
+        except Exception:
+            if self._propagate():
+                raise
+            self._log(environ)
+            return self._plain_500(environ, start_response, sys.exc_info())
+        return _GuardedBody(self, body, environ, start_response)
+
+    def _log(self, environ) -> None:
+        log.exception(
+            "unhandled error on %s %s",
+            environ.get("REQUEST_METHOD", "-"),
+            environ.get("PATH_INFO", "-"),
+        )
+
+    @staticmethod
+    def _plain_500(environ, start_response, exc_info) -> list[bytes]:
+        is_api = (environ.get("PATH_INFO") or "").startswith("/api/")
+        body = _PLAIN_500_JSON if is_api else _PLAIN_500_HTML
+        headers = [
+            ("Content-Type", "application/json" if is_api else "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            *((name, value) for name, _, value in _ALWAYS),
+        ]
+        status = "500 Internal Server Error"
+        try:
+            start_response(status, headers)
+        except Exception:  # noqa: BLE001 - the app had called it already
+            # PEP 3333's way to replace a status whose headers have not been sent yet.
+            start_response(status, headers, exc_info)
+        return [body]
+
+
+class _ReadableInput:
+    """The request body stream, whose read errors are the client's: a chunked body with a
+    bad chunk size or a connection closed mid-body makes gunicorn raise from read(), which
+    would be a 500. Here it is a 400 (werkzeug's BadRequest, answered by the app)."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self.stream, method)(*args)
+        except HTTPException:
+            raise
+        except Exception:  # gunicorn's ChunkMissingTerminator, NoMoreData, InvalidChunkSize...
+            raise BadRequest("The request body could not be read") from None
+
+    def read(self, *args):
+        return self._call("read", *args)
+
+    def readline(self, *args):
+        return self._call("readline", *args)
+
+    def readlines(self, *args):
+        return self._call("readlines", *args)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+class _GuardedBody:
+    """The response body, iterated under LastResort's watch (and closed as WSGI requires)."""
+
+    __slots__ = ("guard", "body", "environ", "start_response")
+
+    def __init__(self, guard: LastResort, body, environ, start_response) -> None:
+        self.guard, self.body = guard, body
+        self.environ, self.start_response = environ, start_response
+
+    def __iter__(self):
+        sent = False
+        try:
+            for chunk in self.body:
+                sent = sent or bool(chunk)
+                yield chunk
+        except Exception:
+            if self.guard._propagate():
+                raise
+            self.guard._log(self.environ)
+            if sent:
+                raise  # too late for a 500: let the server cut the connection
+            yield from self.guard._plain_500(self.environ, self.start_response, sys.exc_info())
+
+    def close(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - teardown failed after the answer went out
+                self.guard._log(self.environ)
 
 
 def csrf_failed(form) -> bool:

@@ -277,6 +277,13 @@ def test_disposing_the_engine_closes_the_lookup_connections(app, client, user):
 
 
 def test_concurrent_lookups_share_few_connections_through_a_dispose(app, user):
+    """Sixteen threads look the key up while one of them closes the idle connections
+    (as engine.dispose() does) mid-flight. Afterwards at most MAX_IDLE connections are
+    kept, none of them closed, and at least one: the lookups made after the close put
+    theirs back. Every thread makes one lookup after the close is known to be done (an
+    event, not a sleep), so that last point holds on every run: before, the close could
+    land after every other lookup had finished and leave nothing idle (a CI flake)."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from app.keys.authn import MAX_IDLE
@@ -284,14 +291,19 @@ def test_concurrent_lookups_share_few_connections_through_a_dispose(app, user):
     key = issue_key(app)
     authenticator = app.extensions["keydesk.authenticator"]
     key_id = keyformat.parse(key).key_id
+    threads, closed = 16, threading.Event()
 
     def lookups(n: int) -> int:
-        found = sum(authenticator.lookup(key_id) is not None for _ in range(50))
-        if n == 5:
-            authenticator.close_connections()  # as engine.dispose() does, mid-flight
-        return found
+        found = 0
+        for i in range(50):
+            found += authenticator.lookup(key_id) is not None
+            if n == 5 and i == 25:
+                authenticator.close_connections()  # while the other threads look up
+                closed.set()
+        assert closed.wait(timeout=30), "the closing thread never got there"
+        return found + (authenticator.lookup(key_id) is not None)
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        assert list(pool.map(lookups, range(32))) == [50] * 32
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        assert list(pool.map(lookups, range(threads))) == [51] * threads
     assert 1 <= len(authenticator._idle) <= MAX_IDLE
     assert not any(_closed(conn) for _, conn in authenticator._idle)

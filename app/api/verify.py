@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from flask import g, jsonify
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from app.api import bp, limits
 from app.api.auth import authenticator, require_scopes
@@ -49,7 +49,7 @@ def report_leaked_key():
     limits.check_leak_report()
     try:
         data = json_body()
-    except (InvalidInput, UnsupportedMediaType, RequestEntityTooLarge):
+    except (InvalidInput, UnsupportedMediaType, RequestEntityTooLarge, BadRequest):
         data = {}  # garbage, even too much of it, gets the same answer: 202
     if report_leak(
         token=data.get("key"),
