@@ -12,21 +12,17 @@ from sqlalchemy import delete, select
 from app import audit
 from app.audit import Actor
 from app.clock import to_unix
-from app.errors import InvalidInput, NotFound
+from app.errors import NotFound
 from app.extensions import db
 from app.keys import format as keyformat
 from app.models import Resource, Tenant
+from app.names import NAME_MAX, clean_name
 
 PUBLIC_ID_LENGTH = 16
 
 
 def _text(value: str, field: str, limit: int) -> str:
-    value = value.strip()
-    if not 1 <= len(value) <= limit:
-        raise InvalidInput(f"{field} must be 1 to {limit} characters", field=field)
-    if any(ord(c) < 32 or c == "\x7f" for c in value):
-        raise InvalidInput(f"{field} must not contain control characters", field=field)
-    return value
+    return clean_name(value, field=field, label=field, limit=limit)
 
 
 def resource_json(resource: Resource) -> dict:
@@ -64,7 +60,7 @@ def create_resource(
     resource = Resource(
         public_id=keyformat.random_base62(PUBLIC_ID_LENGTH),
         tenant_id=tenant.id,
-        name=_text(name, "name", 200),
+        name=_text(name, "name", NAME_MAX),
         type=_text(type_, "type", 64),
         created_at=now,
         created_by=actor.label,

@@ -77,6 +77,9 @@ class Keydesk(Flask):
 
 
 def init_app(app: Flask) -> None:
+    from app.params import DbIdConverter
+
+    app.url_map.converters["dbid"] = DbIdConverter  # before the blueprints' rules
     app.session_interface = SessionInterface()
     app.before_request(refuse_nul_bytes)
     app.wsgi_app = ResponseHeaders(app.wsgi_app)

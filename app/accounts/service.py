@@ -15,6 +15,7 @@ from app.audit import Actor
 from app.errors import InvalidInput
 from app.extensions import db
 from app.models import Tenant, User
+from app.names import clean_name
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
@@ -64,9 +65,7 @@ def get_tenant_by_slug(slug: str) -> Tenant | None:
 
 
 def create_tenant(*, name: str, now: datetime, slug: str | None = None) -> Tenant:
-    name = (name or "").strip()
-    if not name or len(name) > 200:
-        raise InvalidInput("Enter an organization name (1-200 characters)", field="organization")
+    name = clean_name(name or "", field="organization")
     tenant = Tenant(
         slug=validate_slug(slug) if slug else unique_slug(name),
         name=name,

@@ -57,14 +57,25 @@ class EventFilter:
         return {k: v for k, v in out.items() if v}
 
 
+# The dates a filter may name. 'to' is inclusive, so the query runs to the next midnight:
+# 9999-12-31 has none (date.max + 1 day overflows), and no event predates Unix time.
+FIRST_DATE, LAST_DATE = date(1970, 1, 1), date(9998, 12, 31)
+
+
 def _date(args: Mapping[str, str], name: str) -> date | None:
     raw = (args.get(name) or "").strip()
     if not raw:
         return None
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise InvalidInput(f"'{name}' must be a date like 2026-01-31", name) from None
+    if not FIRST_DATE <= day <= LAST_DATE:
+        raise InvalidInput(
+            f"'{name}' must be a date from {FIRST_DATE.isoformat()} to {LAST_DATE.isoformat()}",
+            name,
+        )
+    return day
 
 
 def parse_filter(args: Mapping[str, str]) -> EventFilter:

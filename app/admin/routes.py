@@ -25,8 +25,8 @@ from app.key_actions import ConfirmForm, revoke_and_flash
 from app.keys import service as keys
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
-from app.params import whole_number
-from app.web import NO_STORE
+from app.params import db_id, whole_number
+from app.web import NO_STORE, csrf_failed
 from app.web_actor import request_actor
 
 bp.add_app_template_filter(auditlog.readable_details, "readable_details")
@@ -112,7 +112,11 @@ def key_detail(key_id: str):
 def _admin_back(default: str) -> str:
     """A same-site /admin/ path to return to (open redirects are refused)."""
     back = request.values.get("next") or ""
-    if back.startswith("/admin/") and not back.startswith("//") and "\\" not in back:
+    # No control characters or whitespace (CRLF would break the Location header, tabs and
+    # newlines are dropped by browsers) and no backslash (read as "/" by browsers).
+    if any(ch <= " " or ch in "\\\x7f" for ch in back):
+        return default
+    if back.startswith("/admin/") and not back.startswith("//"):
         return back
     return default
 
@@ -199,7 +203,7 @@ def members():
 def invite():
     form = InviteForm()
     if not form.validate_on_submit():
-        if form.csrf_token.errors:
+        if csrf_failed(form):
             abort(400)
         return _members_page(form, status=400)
     try:
@@ -226,7 +230,7 @@ def _member(user_id: int):
         abort(404)
 
 
-@bp.post("/members/<int:user_id>/role")
+@bp.post("/members/<dbid:user_id>/role")
 def change_role(user_id: int):
     user = _member(user_id)
     form = RoleForm()
@@ -250,7 +254,7 @@ def change_role(user_id: int):
     return redirect(url_for("admin.members"))
 
 
-@bp.get("/members/<int:user_id>/deactivate")
+@bp.get("/members/<dbid:user_id>/deactivate")
 def confirm_deactivate(user_id: int):
     """Deactivation revokes every key of the member: confirm on a page that needs no script."""
     user = _member(user_id)
@@ -262,7 +266,7 @@ def confirm_deactivate(user_id: int):
     )
 
 
-@bp.post("/members/<int:user_id>/deactivate")
+@bp.post("/members/<dbid:user_id>/deactivate")
 def deactivate(user_id: int):
     user = _member(user_id)
     if not ConfirmForm().validate_on_submit():
@@ -284,7 +288,7 @@ def deactivate(user_id: int):
     return redirect(url_for("admin.members"))
 
 
-@bp.post("/invites/<int:invite_id>/revoke")
+@bp.post("/invites/<dbid:invite_id>/revoke")
 def revoke_invite(invite_id: int):
     if not ConfirmForm().validate_on_submit():
         abort(400)
@@ -332,7 +336,7 @@ def audit():
         )
     if export not in (None, "", "html", "csv", "json"):
         error = "format must be csv or json"
-    before = whole_number(request.args.get("before"), low=1)
+    before = db_id(request.args.get("before"))
     events, next_cursor = auditlog.events_page(tenant_id=tenant_id, filters=filters, before=before)
     html = render_template(
         "admin/audit.html",

@@ -43,7 +43,32 @@ def json_body(*, required: bool = True) -> dict:
         raise InvalidInput("The request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidInput("The request body must be a JSON object")
+    _refuse_lone_surrogates(data)
     return data
+
+
+def _refuse_lone_surrogates(data: dict) -> None:
+    """400 naming the field when a string holds a lone surrogate ("\\ud800"): JSON escapes
+    allow it, but it is not Unicode, and the database driver fails to encode it (a 500)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return
+    for name, value in data.items():
+        if not _encodable(name):
+            raise InvalidInput("A field name in the request body is not valid Unicode")
+        if not _encodable(json.dumps(value, ensure_ascii=False)):
+            raise InvalidInput(f"Field {name} is not valid Unicode (a lone surrogate)", field=name)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def field(data: dict, name: str, kind: type | tuple[type, ...], *, default: object = _MISSING):

@@ -27,6 +27,6 @@ class RegisterForm(FlaskForm):
     password, confirm = new_password_fields("Password")
     organization = StringField(
         "Organization",
-        validators=[DataRequired(), Length(max=200)],
+        validators=[DataRequired(), Length(max=100)],
         description="Your team or company; you become its admin.",
     )

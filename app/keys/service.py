@@ -21,6 +21,7 @@ from app.extensions import db
 from app.keys import format as keyformat
 from app.keys import scopes as scope_rules
 from app.models import ApiKey, User
+from app.names import clean_name
 
 EXPIRING_WITHIN = timedelta(days=7)
 MAX_EXPIRY_DAYS = 3650
@@ -51,12 +52,7 @@ def status_of(key: ApiKey, now: datetime) -> str:
 
 
 def validate_name(name: str | None) -> str:
-    name = (name or "").strip()
-    if not 1 <= len(name) <= 100:
-        raise InvalidInput("Name must be 1 to 100 characters", field="name")
-    if any(ord(c) < 32 for c in name):
-        raise InvalidInput("Name must not contain control characters", field="name")
-    return name
+    return clean_name(name or "", field="name")
 
 
 def validate_expiry_days(days: object) -> int:
@@ -157,6 +153,8 @@ def limit_to_parent(
     """A key that creates (or rotates) a key cannot hand out more than it has itself:
     the new key's addresses lie within the creating key's allow-list (inherited when not
     given) and it expires no later than the creating key. Returns the allow-list to use."""
+    # Checked first: a day count past MAX_EXPIRY_DAYS would overflow the date arithmetic below.
+    expires_in_days = validate_expiry_days(expires_in_days)
     if parent_expires_at is not None:
         limit = datetime.fromtimestamp(parent_expires_at, now.tzinfo)
         if expires_in_days == 0 or now + timedelta(days=expires_in_days) > limit:
