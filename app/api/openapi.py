@@ -201,7 +201,15 @@ SCHEMAS: dict = {
         "oneOf": [
             {
                 "type": "object",
-                "required": ["valid", "key_id", "owner", "tenant", "scopes", "expires_at"],
+                "required": [
+                    "valid",
+                    "key_id",
+                    "owner",
+                    "tenant",
+                    "scopes",
+                    "expires_at",
+                    "allowed_ips",
+                ],
                 "properties": {
                     "valid": {"const": True},
                     "key_id": {"type": "string"},
@@ -209,6 +217,11 @@ SCHEMAS: dict = {
                     "tenant": {"type": ["string", "null"], "description": "slug; null: client"},
                     "scopes": {"type": "array", "items": SCOPE},
                     "expires_at": UNIX_OR_NULL,
+                    "allowed_ips": {
+                        "type": ["array", "null"],
+                        "items": {"type": "string"},
+                        "description": "CIDR ranges the key may be used from; null: any",
+                    },
                 },
             },
             {

@@ -25,11 +25,18 @@ REASONS = {KeyInvalid: "invalid", KeyExpired: "expired", KeyRevoked: "revoked"}
 def verify_key():
     token = field(json_body(), "key", str)
     caller = g.key
+    checker = authenticator()
     try:
         # The same verdict as the hot path: rotated keys in grace are valid, leaked and
         # rotated-past-grace keys are revoked.
-        ctx = authenticator().authenticate(token.strip(), now=int(time.time()))
-    except (KeyInvalid, KeyExpired, KeyRevoked) as exc:
+        ctx = checker.authenticate(token.strip(), now=int(time.time()))
+    except KeyInvalid:
+        return jsonify(valid=False, reason="invalid")
+    except (KeyExpired, KeyRevoked) as exc:
+        # Raised only for the right secret. A user key is an authority for its own tenant
+        # only: another tenant's key reads "invalid", or its state would leak across tenants.
+        if not caller.is_client and checker.tenant_id_of(token.strip()) != caller.tenant_id:
+            return jsonify(valid=False, reason="invalid")
         return jsonify(valid=False, reason=REASONS[type(exc)])
     # A user key is an authority for its own tenant only; a client key for every tenant.
     if not caller.is_client and ctx.tenant_id != caller.tenant_id:
@@ -41,6 +48,8 @@ def verify_key():
         tenant=ctx.tenant_slug,
         scopes=[s for s in ALL_SCOPES if s in ctx.scopes],
         expires_at=ctx.expires_at,
+        # So that a relying service can enforce the key's allow-list itself (null: any).
+        allowed_ips=ctx.allowed_ips.split() if ctx.allowed_ips else None,
     )
 
 

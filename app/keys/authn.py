@@ -76,8 +76,12 @@ class KeyContext(NamedTuple):
 class Authenticator:
     """Bound once per app to its engine and pepper."""
 
-    def __init__(self, engine: Engine, pepper: bytes) -> None:
+    def __init__(self, engine: Engine, pepper: bytes, prefixes: frozenset[str]) -> None:
         self.pepper = pepper
+        # The prefixes this deployment issues (KEYDESK_KEY_PREFIX). A token with any other
+        # prefix is refused before the lookup: the checksum alone does not bind the prefix
+        # (anyone can recompute a CRC), and a key is only ever shown with its own prefix.
+        self.prefixes = prefixes
         self._digest = keyformat.Digester(pepper)
         # Connections come from a small engine of its own, on the same database, so that
         # SQLAlchemy applies the URL, the driver options and the connect events (SQLite
@@ -163,6 +167,8 @@ class Authenticator:
 
     def authenticate(self, token: str, *, now: int) -> KeyContext:
         parsed = keyformat.parse(token)  # raises KeyInvalid without I/O
+        if parsed.prefix not in self.prefixes:
+            raise KeyInvalid()
         row = self.lookup(parsed.key_id)
         digest = self._digest(parsed.secret)
         stored = bytes(row[2]) if row is not None else _DUMMY_DIGEST
@@ -180,6 +186,16 @@ class Authenticator:
             expires_at, revoked_at, last_used_at, tenant_id, tenant_slug, tenant_name,
             user_id, email, role,
         )  # fmt: skip
+
+    def tenant_id_of(self, token: str) -> int | None:
+        """The tenant of the key a well-formed token names (None: no such key, client key).
+        Not on the hot path: /keys/verify asks it after a refusal that proved the secret."""
+        try:
+            parsed = keyformat.parse(token)
+        except KeyInvalid:
+            return None
+        row = self.lookup(parsed.key_id)
+        return row[11] if row is not None else None
 
 
 def _close_quietly(conn) -> None:

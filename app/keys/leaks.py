@@ -8,7 +8,10 @@ a key's public id is not enough to revoke someone else's key.
 from __future__ import annotations
 
 import hmac
+import html
+import re
 from datetime import datetime
+from urllib.parse import unquote
 
 from sqlalchemy import select
 
@@ -20,6 +23,35 @@ from app.keys import service as keys
 from app.models import ApiKey
 
 MAX_SOURCE_URL = 500
+# Enough for any nesting a scanner or an attacker produces (kd%255F… is two levels).
+MAX_DECODE_ROUNDS = 8
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TRAILING_WORD = re.compile(r"[0-9A-Za-z_]+$")
+
+
+def clean_source_url(source_url: object, *, secret: str) -> str | None:
+    """The reported URL as it can be stored: no encoding of a key survives.
+
+    Percent-encoding and HTML entities are undone until nothing changes (kd%5F…, kd%255F…,
+    kd&#95;…), then anything shaped like a key and the reported secret itself (wherever it
+    stands) are redacted. The decoded text is what is kept: storing the original would keep
+    whatever encoding the redaction did not see. Cut to MAX_SOURCE_URL only afterwards, and
+    a word the cut splits is dropped, so that no fragment of a secret is left either.
+    """
+    if not isinstance(source_url, str):
+        return None
+    text = source_url
+    for _ in range(MAX_DECODE_ROUNDS):
+        decoded = html.unescape(unquote(text, errors="replace"))
+        if decoded == text:
+            break
+        text = decoded
+    text = _CONTROL.sub("", text)
+    text = keyformat.TOKEN_RE.sub("[redacted key]", text)
+    text = text.replace(secret, "[redacted]")
+    if len(text) > MAX_SOURCE_URL:
+        text = _TRAILING_WORD.sub("", text[:MAX_SOURCE_URL])
+    return text or None
 
 
 def report_leak(*, token: object, source_url: object, now: datetime, actor: Actor) -> bool:
@@ -42,9 +74,8 @@ def report_leak(*, token: object, source_url: object, now: datetime, actor: Acto
         return False
     if key.revoked_at is not None and key.revoked_at <= now:
         return False  # already revoked: nothing to do, and the answer is the same
-    url = source_url[:MAX_SOURCE_URL] if isinstance(source_url, str) else None
-    if url:  # a URL can carry the key itself (?token=...): never store a secret
-        url = keyformat.TOKEN_RE.sub("[redacted key]", url).replace("\x00", "")
+    # A URL can carry the key itself (?token=..., encoded or not): never store a secret.
+    url = clean_source_url(source_url, secret=parsed.secret)
     try:
         keys.revoke_key(key=key, now=now, actor=actor, reason="leaked", details={"source_url": url})
     except Conflict:  # revoked concurrently
