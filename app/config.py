@@ -9,6 +9,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from app.keys.format import PREFIX_RE
 
@@ -55,8 +56,18 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
             f"KEYDESK_KEY_PREFIX={prefix!r}: use 1-16 lowercase letters and digits, "
             "starting with a letter"
         )
+    base_url = (env.get("KEYDESK_BASE_URL") or "").strip()
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            # Links mailed with it would not work: refuse to start rather than send them.
+            raise ValueError(
+                f"KEYDESK_BASE_URL={base_url!r}: use the public URL, like https://keys.example.com"
+            )
     return {
         "SQLALCHEMY_DATABASE_URI": database_url,
+        # Public URL for links sent by mail or shown to be sent on (app.web.public_url).
+        "KEYDESK_BASE_URL": base_url,
         "SECRET_KEY": env.get("KEYDESK_SECRET_KEY") or instance_secret(instance_path, "secret_key"),
         "KEYDESK_KEY_PEPPER": env.get("KEYDESK_KEY_PEPPER")
         or instance_secret(instance_path, "key_pepper"),

@@ -304,6 +304,18 @@ class _GuardedBody:
                 self.guard._log(self.environ)
 
 
+def public_url(endpoint: str, **values) -> str:
+    """An absolute URL for links that leave the site (mailed or shown to be sent on):
+    KEYDESK_BASE_URL when set, so that a forged Host header cannot point an invitation or
+    reset link at another site; else the request's own host (fine for development)."""
+    from flask import current_app, url_for
+
+    base = current_app.config.get("KEYDESK_BASE_URL")
+    if base:
+        return base.rstrip("/") + url_for(endpoint, **values)
+    return url_for(endpoint, _external=True, **values)
+
+
 def csrf_failed(form) -> bool:
     """True when a submitted form failed its CSRF check (never when CSRF is switched off)."""
     token = getattr(form, "csrf_token", None)

@@ -12,6 +12,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 
 from sqlalchemy import func, select, update
 
@@ -115,6 +116,8 @@ def change_role(*, tenant: Tenant, user: User, role: str, actor: Actor, now: dat
         before=before,
         after=role,
     )
+    if role != "admin":  # an invitation works with its inviter's rights: they are gone
+        end_invites_of(user, reason="inviter_demoted", actor=actor, now=now)
     return True
 
 
@@ -151,6 +154,7 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
         target=user.email,
         keys_revoked=len(revoked),
     )
+    end_invites_of(user, reason="inviter_deactivated", actor=actor, now=now)
     db.session.flush()
     db.session.expire_all()
     return len(revoked)
@@ -163,17 +167,51 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass
+class IssuedInvite:
+    invite: Invite
+    token: str  # exists only here: shown or mailed once, never stored
+    resent: bool  # an open invitation for the address was renewed instead of a new one
+
+
 def create_invite(
     *, tenant: Tenant, email: str, invited_by: User, actor: Actor, now: datetime
-) -> tuple[Invite, str]:
-    """Returns (invite, token); the token exists only in this return value."""
+) -> IssuedInvite:
+    """One open invitation per address and tenant: inviting an address that has one renews
+    it (a new token, so the old link stops working, and a new expiry) instead of adding a
+    second one."""
     email = accounts.normalize_email(email)
     existing = accounts.get_user_by_email(email)
     if existing is not None and existing.tenant_id == tenant.id:
         raise InvalidInput("This address already belongs to a member", field="email")
     # An account in another organization is not revealed to this admin: the invitation is
-    # made as for anyone, and accepting it says that the address has an account already.
+    # made as for anyone (see accept_invite).
+    # Lock the tenant row (PostgreSQL) so that two admins inviting one address at the same
+    # moment renew one row instead of making two; SQLite's BEGIN IMMEDIATE serializes anyway.
+    db.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
     token = secrets.token_urlsafe(32)
+    invite = db.session.execute(
+        select(Invite)
+        .where(*_open(tenant_id=tenant.id), Invite.email == email)
+        .order_by(Invite.created_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if invite is not None:
+        invite.token_digest = token_digest(token)
+        invite.invited_by_id = invited_by.id
+        invite.expires_at = now + INVITE_VALID_FOR
+        db.session.flush()
+        audit.record(
+            "invite.resent",
+            actor=actor,
+            now=now,
+            tenant_id=tenant.id,
+            target_type="invite",
+            target=email,
+            invite_id=invite.id,
+            expires_at=invite.expires_at,
+        )
+        return IssuedInvite(invite, token, resent=True)
     invite = Invite(
         tenant_id=tenant.id,
         email=email,
@@ -194,19 +232,67 @@ def create_invite(
         invite_id=invite.id,
         expires_at=invite.expires_at,
     )
-    return invite, token
+    return IssuedInvite(invite, token, resent=False)
+
+
+def _open(*, tenant_id: int) -> tuple:
+    """Invitations not accepted or withdrawn (expired ones included: renewing one reopens it)."""
+    return (
+        Invite.tenant_id == tenant_id,
+        Invite.accepted_at.is_(None),
+        Invite.revoked_at.is_(None),
+    )
+
+
+def end_invites_of(user: User, *, reason: str, actor: Actor, now: datetime) -> int:
+    """Withdraw the open invitations `user` made (they were deactivated or are no longer an
+    admin: an invitation must not outlive its inviter's rights). One audit event each."""
+    ended = db.session.execute(
+        update(Invite)
+        .where(*_open(tenant_id=user.tenant_id), Invite.invited_by_id == user.id)
+        .values(revoked_at=now)
+        .returning(Invite.id, Invite.email)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for invite_id, email in ended:
+        audit.record(
+            "invite.revoked",
+            actor=actor,
+            now=now,
+            tenant_id=user.tenant_id,
+            target_type="invite",
+            target=email,
+            invite_id=invite_id,
+            reason=reason,
+            invited_by=user.email,
+        )
+    return len(ended)
+
+
+def invitation_message(*, invite: Invite, link: str, invited_by: User, sender: str) -> EmailMessage:
+    """The email that carries an invitation link to the invited address (and only there)."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = invite.email
+    msg["Subject"] = f"You are invited to {invite.tenant.name} on Keydesk"
+    msg.set_content(
+        f"{invited_by.email} invited you to join {invite.tenant.name} on Keydesk.\n\n"
+        f"Open this link to choose a password and join (it works once, until "
+        f"{invite.expires_at.strftime('%Y-%m-%d %H:%M UTC')}):\n\n{link}\n\n"
+        "If you did not expect this, ignore this email: nothing happens without the link.\n"
+    )
+    return msg
 
 
 def pending_invites(*, tenant: Tenant, now: datetime) -> list[Invite]:
+    """Open, unexpired invitations, less those of addresses that are members by now (made
+    with `users create`, say): they can never be accepted. An address with an account in
+    another tenant stays listed, or the list would reveal that account to this admin."""
+    joined = select(User.id).where(User.tenant_id == tenant.id, User.email == Invite.email)
     return list(
         db.session.execute(
             select(Invite)
-            .where(
-                Invite.tenant_id == tenant.id,
-                Invite.accepted_at.is_(None),
-                Invite.revoked_at.is_(None),
-                Invite.expires_at > now,
-            )
+            .where(*_open(tenant_id=tenant.id), Invite.expires_at > now, ~joined.exists())
             .order_by(Invite.created_at.desc())
         ).scalars()
     )
@@ -254,6 +340,11 @@ def find_invite(*, token: str, now: datetime) -> Invite:
         raise InviteUnusable("This invitation was withdrawn. Ask your admin for a new one.")
     if invite.expires_at <= now:
         raise InviteUnusable("This invitation has expired. Ask your admin for a new one.")
+    inviter = db.session.get(User, invite.invited_by_id) if invite.invited_by_id else None
+    if inviter is not None and not (inviter.is_active and inviter.is_admin):
+        # Withdrawn when the inviter lost their rights (end_invites_of); this holds for any
+        # path that took them away without going through it.
+        raise InviteUnusable("This invitation was withdrawn. Ask your admin for a new one.")
     return invite
 
 
@@ -293,5 +384,12 @@ def accept_invite(*, token: str, password: str, actor: Actor, now: datetime) -> 
         target_type="invite",
         target=invite.email,
         invite_id=invite.id,
+    )
+    # Any other open invitation of this address here is done with: tidy it away.
+    db.session.execute(
+        update(Invite)
+        .where(*_open(tenant_id=invite.tenant_id), Invite.email == invite.email)
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
     )
     return user

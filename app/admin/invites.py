@@ -61,5 +61,10 @@ def accept(token: str):
 
 
 def _taken():
-    message = "An account with this email address exists already. Sign in instead."
+    # The same words whether the address has an account in this tenant or another: whoever
+    # holds the link (without mail, the inviting admin) must not learn about other tenants.
+    message = (
+        "This invitation cannot create an account for this address. "
+        "If you already have a Keydesk account, sign in instead."
+    )
     return render_template("admin/invite_unusable.html", message=message), 409, NO_STORE

@@ -1,5 +1,6 @@
 """Admin pages: the tenant's keys, policy, members and audit log."""
 
+import logging
 from datetime import timedelta
 
 from flask import (
@@ -25,10 +26,12 @@ from app.key_actions import ConfirmForm, revoke_and_flash
 from app.keys import service as keys
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
+from app.mail import MailError, mail_configured, send_configured, sender_address
 from app.params import db_id, whole_number
-from app.web import NO_STORE, csrf_failed
+from app.web import NO_STORE, csrf_failed, public_url
 from app.web_actor import request_actor
 
+log = logging.getLogger(__name__)
 bp.add_app_template_filter(auditlog.readable_details, "readable_details")
 
 
@@ -176,7 +179,7 @@ def policy_page():
 # --- members ------------------------------------------------------------------------
 
 
-def _members_page(invite_form=None, *, invite_link=None, invite=None, status=200):
+def _members_page(invite_form=None, *, issued=None, mailed=False, status=200):
     now = utcnow()
     tenant = current_user.tenant
     html = render_template(
@@ -186,12 +189,20 @@ def _members_page(invite_form=None, *, invite_link=None, invite=None, status=200
         invite_form=invite_form or InviteForm(formdata=None),  # empty after a success
         role_form=RoleForm(),
         form=ConfirmForm(),
-        invite_link=invite_link,
-        invite=invite,
+        # The link is shown only when it could not be mailed to the invited address.
+        invite_link=None if issued is None or mailed else _invite_link(issued.token),
+        invite=issued.invite if issued else None,
+        resent=bool(issued and issued.resent),
+        mailed=mailed,
+        mail_configured=mail_configured(),
         now=now,
     )
     # The invite link is a credential shown once: never cache this page anywhere.
     return html, status, NO_STORE
+
+
+def _invite_link(token: str) -> str:
+    return public_url("invites.accept", token=token)
 
 
 @bp.get("/members")
@@ -201,26 +212,53 @@ def members():
 
 @bp.post("/members/invite")
 def invite():
+    """Invite an address, or renew its open invitation (one per address). With mail
+    configured the link goes to that address only and the admin never sees it: an admin
+    could otherwise claim any address, or learn from the link whether it has an account."""
     form = InviteForm()
     if not form.validate_on_submit():
         if csrf_failed(form):
             abort(400)
         return _members_page(form, status=400)
+    now = utcnow()
     try:
-        row, token = members_service.create_invite(
+        issued = members_service.create_invite(
             tenant=current_user.tenant,
             email=form.email.data,
             invited_by=current_user,
             actor=request_actor(),
-            now=utcnow(),
+            now=now,
         )
     except InvalidInput as exc:
         db.session.rollback()
         form.email.errors.append(str(exc))
         return _members_page(form, status=400)
-    db.session.commit()
-    link = url_for("invites.accept", token=token, _external=True)
-    return _members_page(invite_link=link, invite=row)
+    db.session.commit()  # before the mail: no transaction (SQLite's write lock) held over SMTP
+    if not mail_configured():
+        return _members_page(issued=issued)
+    message = members_service.invitation_message(
+        invite=issued.invite,
+        link=_invite_link(issued.token),
+        invited_by=current_user,
+        sender=sender_address(),
+    )
+    try:
+        send_configured([message])
+    except MailError as exc:
+        log.warning("invitation mail to %s failed: %s", issued.invite.email, exc)
+        # The link went nowhere: withdraw it, so that a new invitation starts clean.
+        members_service.revoke_invite(
+            tenant=current_user.tenant,
+            invite_id=issued.invite.id,
+            actor=request_actor(),
+            now=utcnow(),
+        )
+        db.session.commit()
+        form = InviteForm(formdata=None, email=issued.invite.email)
+        form.email.errors = ["The invitation could not be sent (the mail server refused it). "
+                             "Try again in a moment."]  # fmt: skip
+        return _members_page(form, status=503)
+    return _members_page(issued=issued, mailed=True)
 
 
 def _member(user_id: int):
