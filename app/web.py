@@ -213,6 +213,9 @@ class LastResort:
                 raise
             self._log(environ)
             return self._plain_500(environ, start_response, sys.exc_info())
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+            return body  # a static file: the server sends it with sendfile(), nothing to fail
         return _GuardedBody(self, body, environ, start_response)
 
     def _log(self, environ) -> None:

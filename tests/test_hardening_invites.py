@@ -209,3 +209,15 @@ def test_accepting_reveals_no_account_of_another_tenant(app, signed_in):
 
     assert text(elsewhere) == text(here)
     assert "exists" not in text(elsewhere)
+
+
+@pytest.mark.parametrize(
+    "url", ["keys.example.com", "ftp://keys.example.com", "https://", "https://k.example/?x=1"]
+)
+def test_an_unusable_base_url_stops_the_app_at_start(tmp_path, monkeypatch, url):
+    from app import create_app
+
+    monkeypatch.setenv("KEYDESK_BASE_URL", url)
+    monkeypatch.setenv("KEYDESK_DATABASE_URL", f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    with pytest.raises(ValueError, match="KEYDESK_BASE_URL"):
+        create_app({"TESTING": True})

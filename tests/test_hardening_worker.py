@@ -148,3 +148,9 @@ def test_a_body_that_fails_before_its_first_byte_is_a_plain_500(app):
     app.config["PROPAGATE_EXCEPTIONS"] = False
     response = app.test_client().get("/api/v1/stream")
     assert response.status_code == 500 and response.json["error"] == "server_error"
+
+
+def test_static_files_still_reach_the_server_as_files(one_worker):
+    _, port, _ = one_worker
+    response = requests.get(f"http://127.0.0.1:{port}/static/style.css", timeout=10)
+    assert response.status_code == 200 and "color" in response.text
