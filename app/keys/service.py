@@ -153,11 +153,16 @@ def limit_to_parent(
     """A key that creates (or rotates) a key cannot hand out more than it has itself:
     the new key's addresses lie within the creating key's allow-list (inherited when not
     given) and it expires no later than the creating key. Returns the allow-list to use."""
-    # Checked first: a day count past MAX_EXPIRY_DAYS would overflow the date arithmetic below.
-    expires_in_days = validate_expiry_days(expires_in_days)
+    if isinstance(expires_in_days, bool) or not isinstance(expires_in_days, int):
+        validate_expiry_days(expires_in_days)  # raises, naming the field
     if parent_expires_at is not None:
         limit = datetime.fromtimestamp(parent_expires_at, now.tzinfo)
-        if expires_in_days == 0 or now + timedelta(days=expires_in_days) > limit:
+        try:
+            end = now + timedelta(days=expires_in_days)
+        except OverflowError:  # 3e6 days and more lie past any date Python can hold
+            validate_expiry_days(expires_in_days)  # raises, naming the field
+            raise
+        if expires_in_days == 0 or end > limit:
             raise InvalidInput(
                 "A key that expires can only create keys that expire no later than itself"
                 f" (at most {max(0, (limit - now).days)} days from now)",
