@@ -156,7 +156,7 @@ def request_reset(*, email: str, actor: Actor, now: datetime) -> tuple[User, str
 
 def find_reset(*, token: str, now: datetime) -> PasswordReset:
     """The reset a token names, if it can still be used; ResetUnusable otherwise."""
-    if not isinstance(token, str) or not 1 <= len(token) <= 100:
+    if not isinstance(token, str) or not sessions.TOKEN_RE.fullmatch(token):
         raise ResetUnusable()
     reset = db.session.execute(
         select(PasswordReset).where(PasswordReset.token_digest == token_digest(token))

@@ -14,6 +14,7 @@ what /account/sessions shows. Other kinds of sign-in (user access tokens) join b
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,8 @@ from app.errors import NotFound
 from app.extensions import db
 from app.models import User, UserSession
 
+# What secrets.token_urlsafe(32) produces; anything else is no token of ours.
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 # last_seen_at is written at most this often per session (never a write per request).
 TOUCH_EVERY = timedelta(minutes=1)
 # Ended and timed-out rows are kept this long for the record, then pruned at sign-in.
@@ -103,7 +106,7 @@ def _prune(*, user: User, now: datetime) -> None:
 def find_live(*, token: str, now: datetime, timeouts: Timeouts) -> UserSession | None:
     """The live session a cookie token belongs to, with its (active) user loaded; one
     indexed query. None for an unknown, ended or timed-out session."""
-    if not token or len(token) > 100:
+    if not isinstance(token, str) or not TOKEN_RE.fullmatch(token):
         return None
     found = db.session.execute(
         select(UserSession, User)

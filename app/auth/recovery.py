@@ -29,8 +29,8 @@ def _limit() -> str:
 
 
 def _signed_in_account_key() -> str:
-    # Runs inside login_required: the user is known. Shares the sign-in budget's account key
-    # so that /sudo cannot be used to guess a password the sign-in limit protects.
+    # Runs inside login_required: the user is known. Per account as well as per address, the
+    # same budget as /login, so /sudo is no faster way to guess a password.
     return "login-account:" + (current_user.email if current_user.is_authenticated else "")
 
 
