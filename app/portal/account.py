@@ -14,6 +14,7 @@ from app.errors import InvalidInput, NotFound
 from app.extensions import db
 from app.key_actions import ConfirmForm
 from app.portal import bp
+from app.web import csrf_failed
 from app.web_actor import request_actor
 
 
@@ -48,7 +49,7 @@ def account():
 def change_password():
     form = ChangePasswordForm()
     if not form.validate_on_submit():
-        if form.csrf_token.errors:
+        if csrf_failed(form):
             abort(400)
         return _account_page(form, 400)
     try:
