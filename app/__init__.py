@@ -43,12 +43,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     browser_hooks += _hooks_added_by(app, lambda: login_manager.init_app(app))
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please sign in to continue."
-    login_manager.session_protection = "basic"
 
-    from app.accounts.service import load_user
     from app.database import configure_engine
 
-    login_manager.user_loader(load_user)
     with app.app_context():
         configure_engine(db.engine)
 
@@ -68,6 +65,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(invites_bp)
     init_api(app)
     _browser_only(app, browser_hooks)
+
+    from app.auth import signin
+    from app.auth.reset_mail import mailer
+
+    signin.init_app(app, BROWSER_BLUEPRINTS)  # who is signed in: server-side sessions
+    mailer(app)
 
     from app.cli import register_cli
 

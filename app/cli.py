@@ -83,6 +83,37 @@ def users_create(email: str, password: str, slug: str, tenant_name: str | None, 
     click.echo(f"Created {user.role} {user.email} in tenant {tenant.slug}")
 
 
+@users_cli.command("set-password")
+@click.argument("email")
+@click.option("--password", required=True, help="The new password.")
+def users_set_password(email: str, password: str):
+    """Set a user's password; every session of the user ends (audited)."""
+    from app.accounts import credentials
+
+    user = accounts.get_user_by_email(email)
+    if user is None:
+        fail(f"No user with email {email}")
+    try:
+        check_password_rules(password, email=user.email)
+    except InvalidInput as exc:
+        # The operator may need a temporary password now; say so, as `users create` does.
+        click.echo(f"Warning: weak password ({exc}); set anyway.", err=True)
+    try:
+        password.encode()
+    except UnicodeError:
+        fail("--password must be valid text")
+    if not password:
+        fail("--password must not be empty")
+    try:
+        ended = credentials.set_password_by_operator(
+            email=user.email, password=password, actor=Actor.cli(), now=utcnow()
+        )
+    except KeydeskError as exc:
+        fail(str(exc))
+    db.session.commit()
+    click.echo(f"Password set for {user.email}; {ended} session{'' if ended == 1 else 's'} ended")
+
+
 @keys_cli.command("issue")
 @click.option("--email", required=True, help="Owner of the key.")
 @click.option("--name", required=True, help="Key name (1-100 characters).")
@@ -208,7 +239,6 @@ def _seed_tenant(slug: str, now) -> tuple[Tenant, list[User]]:
                 password_hash=None,
                 created_at=now,
                 role="admin" if n == 1 else "member",
-                session_version=1,
             )
             db.session.add(user)
         owners.append(user)

@@ -20,6 +20,17 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in TRUE_WORDS
 
 
+def _positive(env, name: str, default: int) -> int:
+    """A positive whole number (minutes, hours); refuse to start on anything else rather
+    than run with sessions that never time out."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
+        raise ValueError(f"{name}={raw!r}: use a whole number from 1 to 100000")
+    return int(raw)
+
+
 def instance_secret(instance_path: str, name: str) -> str:
     """Read instance/<name>, creating it (0600, 256 random bits) on first use.
 
@@ -83,6 +94,10 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_MAIL_URL": env.get("KEYDESK_MAIL_URL", ""),
         "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
         "KEYDESK_LEAK_REPORT_LIMIT": env.get("KEYDESK_LEAK_REPORT_LIMIT", "30 per minute"),
+        # Server-side sessions (app/accounts/sessions.py) and sudo mode (app/auth/sudo.py).
+        "KEYDESK_SESSION_IDLE_MINUTES": _positive(env, "KEYDESK_SESSION_IDLE_MINUTES", 60),
+        "KEYDESK_SESSION_MAX_HOURS": _positive(env, "KEYDESK_SESSION_MAX_HOURS", 24),
+        "KEYDESK_SUDO_MINUTES": _positive(env, "KEYDESK_SUDO_MINUTES", 120),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request

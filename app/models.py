@@ -71,9 +71,6 @@ class User(UserMixin, db.Model):
     created_at: Mapped[datetime] = mapped_column(UnixTime)
     last_login_at: Mapped[datetime | None] = mapped_column(UnixTime)
     deactivated_at: Mapped[datetime | None] = mapped_column(UnixTime)
-    # Bumped on deactivation and password change; part of the login session id so
-    # that old sessions stop working at once.
-    session_version: Mapped[int] = mapped_column(Integer, default=1)
 
     tenant: Mapped[Tenant] = relationship(back_populates="users")
 
@@ -86,7 +83,9 @@ class User(UserMixin, db.Model):
         return self.role == "admin"
 
     def get_id(self) -> str:
-        return f"{self.id}:{self.session_version}"
+        # Who is signed in is decided by the server-side session (UserSession), never by
+        # this id; Flask-Login only needs it to exist.
+        return str(self.id)
 
 
 class ApiKey(db.Model):
@@ -213,3 +212,44 @@ class Invite(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(UnixTime)
 
     tenant: Mapped[Tenant] = relationship()
+
+
+class UserSession(db.Model):
+    """A signed-in browser session. The cookie holds a random token; only its SHA-256 is
+    stored, so a database reader cannot take over a session. A session is live while
+    ended_at is NULL, it was seen within the idle timeout and it is younger than the
+    absolute timeout (app/accounts/sessions.py decides)."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)  # in URLs, never the token
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the cookie token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    method: Mapped[str] = mapped_column(String(32))  # how it began: "password", "invite"...
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UnixTime)
+    ip: Mapped[str | None] = mapped_column(String(64))  # last address seen
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    sudo_at: Mapped[datetime | None] = mapped_column(UnixTime)  # last sign-in or re-auth
+    ended_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    # "signed_out" | "revoked" | "password_changed" | "password_reset" | "deactivated" ...
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+
+    user: Mapped[User] = relationship()
+
+
+class PasswordReset(db.Model):
+    """A single-use password reset link; only SHA-256 of its token is stored."""
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    expires_at: Mapped[datetime] = mapped_column(UnixTime)
+    used_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    requested_ip: Mapped[str | None] = mapped_column(String(64))
+
+    user: Mapped[User] = relationship()

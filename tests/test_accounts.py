@@ -4,6 +4,7 @@ import pytest
 from sqlalchemy import select
 
 from app.accounts import service as accounts
+from app.clock import utcnow
 from app.extensions import db
 from app.models import AuditEvent, Tenant, User
 from tests.conftest import PASSWORD, create_user, login, make_app
@@ -225,7 +226,9 @@ def test_sign_in_starts_a_fresh_session(app, client, user):
     assert cookie_after != cookie_before
     with client.session_transaction() as sess:
         assert "planted" not in sess
-        assert sess["_user_id"].startswith(str(1))
+        # Only the server session's token: who is signed in lives in user_sessions.
+        assert set(sess) <= {"keydesk_session", "csrf_token", "_flashes"}
+        assert len(sess["keydesk_session"]) >= 40
 
 
 def test_session_cookie_flags(client, user):
@@ -257,10 +260,15 @@ def test_allow_registration_is_read_from_the_environment(tmp_path):
         assert config["KEYDESK_ALLOW_REGISTRATION"] is expected
 
 
-def test_session_version_bump_signs_out_old_sessions(app, signed_in, user):
+def test_ending_the_users_sessions_signs_out_old_sessions(app, signed_in, user):
+    from app.accounts import sessions
+
     with app.app_context():
-        accounts.get_user_by_email(user).session_version += 1
+        ended = sessions.end_user_sessions(
+            user=accounts.get_user_by_email(user), reason="test", now=utcnow()
+        )
         db.session.commit()
+    assert ended == 1
     assert signed_in.get("/keys").status_code == 302
 
 

@@ -22,6 +22,8 @@ TABLES = {
     "audit_events",
     "resources",
     "invites",
+    "user_sessions",
+    "password_resets",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 
 from app import audit
 from app.accounts import service as accounts
+from app.accounts import sessions
 from app.accounts.passwords import check_password_rules
 from app.audit import Actor
 from app.errors import Conflict, InvalidInput, NotFound
@@ -134,7 +135,7 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
         raise Conflict(f"{user.email} is already deactivated")
     _guard_last_admin(tenant, user, "deactivated")
     user.deactivated_at = now
-    user.session_version = (user.session_version or 1) + 1  # existing sessions end at once
+    sessions_ended = sessions.end_user_sessions(user=user, reason="deactivated", now=now)
     revoked = db.session.execute(
         update(ApiKey)
         .where(ApiKey.user_id == user.id, working(now))
@@ -153,6 +154,7 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
         target_type="user",
         target=user.email,
         keys_revoked=len(revoked),
+        sessions_ended=sessions_ended,
     )
     end_invites_of(user, reason="inviter_deactivated", actor=actor, now=now)
     db.session.flush()

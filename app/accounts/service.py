@@ -119,7 +119,6 @@ def create_user(
         password_hash=password_hash,
         role=role,
         created_at=now,
-        session_version=1,
     )
     db.session.add(user)
     db.session.flush()
@@ -201,15 +200,4 @@ def authenticate(*, email: str, password: str, now: datetime, actor: Actor) -> U
         target_type="user",
         target=user.email,
     )
-    return user
-
-
-def load_user(session_id: str) -> User | None:
-    """Flask-Login loader: `<id>:<session_version>`; a bumped version ends old sessions."""
-    user_id, _, version = (session_id or "").partition(":")
-    if not user_id.isdigit() or not version.isdigit():
-        return None
-    user = db.session.get(User, int(user_id))
-    if user is None or user.session_version != int(version) or not user.is_active:
-        return None
     return user

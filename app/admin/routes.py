@@ -19,6 +19,7 @@ from app.accounts import members as members_service
 from app.accounts import policy
 from app.admin import auditlog, bp, inventory
 from app.admin.forms import InviteForm, PolicyForm, RoleForm
+from app.auth.sudo import sudo_required
 from app.clock import utcnow
 from app.errors import Conflict, InvalidInput, NotFound
 from app.extensions import db
@@ -68,6 +69,7 @@ def keys_inventory():
 
 
 @bp.route("/keys/revoke", methods=["GET", "POST"], endpoint="revoke_matching")
+@sudo_required
 def revoke_matching():
     """Incident revoke: every working key matching the filter, after a confirmation page."""
     now = utcnow()
@@ -148,6 +150,7 @@ def revoke_key(key_id: str):
 
 
 @bp.route("/policy", methods=["GET", "POST"], endpoint="policy")
+@sudo_required
 def policy_page():
     tenant = current_user.tenant
     form = PolicyForm()
@@ -210,7 +213,13 @@ def members():
     return _members_page()
 
 
+def _members_form_page(**_view_args) -> str:
+    """Where the invitation and role forms live (sudo mode returns there)."""
+    return url_for("admin.members")
+
+
 @bp.post("/members/invite")
+@sudo_required(form_page=_members_form_page)
 def invite():
     """Invite an address, or renew its open invitation (one per address). With mail
     configured the link goes to that address only and the admin never sees it: an admin
@@ -269,6 +278,7 @@ def _member(user_id: int):
 
 
 @bp.post("/members/<dbid:user_id>/role")
+@sudo_required(form_page=_members_form_page)
 def change_role(user_id: int):
     user = _member(user_id)
     form = RoleForm()
@@ -293,6 +303,7 @@ def change_role(user_id: int):
 
 
 @bp.get("/members/<dbid:user_id>/deactivate")
+@sudo_required
 def confirm_deactivate(user_id: int):
     """Deactivation revokes every key of the member: confirm on a page that needs no script."""
     user = _member(user_id)
@@ -305,6 +316,7 @@ def confirm_deactivate(user_id: int):
 
 
 @bp.post("/members/<dbid:user_id>/deactivate")
+@sudo_required(form_page=lambda user_id: url_for("admin.confirm_deactivate", user_id=user_id))
 def deactivate(user_id: int):
     user = _member(user_id)
     if not ConfirmForm().validate_on_submit():

@@ -30,3 +30,31 @@ class RegisterForm(FlaskForm):
         validators=[DataRequired(), Length(max=100)],
         description="Your team or company; you become its admin.",
     )
+
+
+class SudoForm(FlaskForm):
+    """Re-authentication for sudo mode. `code` is removed for a user without a second
+    factor (app/auth/sudo_views.py)."""
+
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    code = StringField(
+        "Authentication code",
+        validators=[Length(max=64)],
+        description="From your authenticator app, or a recovery code.",
+        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"},
+    )
+
+
+class ForgotPasswordForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+
+
+class ResetPasswordForm(FlaskForm):
+    password, confirm = new_password_fields("New password")
+
+
+class ChangePasswordForm(FlaskForm):
+    current_password = PasswordField(
+        "Current password", validators=[DataRequired(), Length(max=1024)]
+    )
+    password, confirm = new_password_fields("New password")

@@ -6,6 +6,7 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from app.accounts import policy
+from app.auth.sudo import sudo_required
 from app.clock import utcnow
 from app.errors import Conflict, InvalidInput, NotFound, PolicyViolation
 from app.extensions import db
@@ -66,6 +67,7 @@ def keys_list():
 
 
 @bp.route("/keys/new", methods=["GET", "POST"])
+@sudo_required
 def new_key():
     tenant = current_user.tenant
     form = NewKeyForm()
@@ -152,7 +154,13 @@ def revoke(key_id: str):
     )
 
 
+def _key_page(key_id: str) -> str:
+    """Where the rotate and allowed-IPs forms live (sudo mode returns there)."""
+    return url_for("portal.key_detail", key_id=key_id)
+
+
 @bp.post("/keys/<key_id>/rotate")
+@sudo_required(form_page=_key_page)
 def rotate(key_id: str):
     key = _own_key(key_id)
     form = RotateForm()
@@ -174,6 +182,7 @@ def rotate(key_id: str):
 
 
 @bp.post("/keys/<key_id>/allowed-ips")
+@sudo_required(form_page=_key_page)
 def allowed_ips(key_id: str):
     """Replace a key's IP allow-list (empty: any address); audited."""
     key = _own_key(key_id)
