@@ -57,7 +57,7 @@ e2e: $(STAMP) browser
 
 # Refresh the README's pictures in docs/screenshots/ (make test takes them into a temporary folder).
 screenshots: $(STAMP) browser
-	KEYDESK_SCREENSHOTS=1 $(BIN)/pytest tests/e2e/test_screenshots.py
+	KEYDESK_SCREENSHOTS=1 $(BIN)/pytest tests/e2e/test_screenshots.py tests/e2e/test_account_security.py
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .

@@ -353,3 +353,30 @@ def test_mail_worker_survives_a_failing_job(mail_app, user, caplog):
     forgot(app.test_client(), user)
     [message] = inbox.wait_for(1)
     assert message["To"] == user
+
+
+def test_password_change_and_sudo_check_the_csrf_token(app, user):
+    app.config["WTF_CSRF_ENABLED"] = True
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = BeautifulSoup(page, "html.parser").find("input", {"name": "csrf_token"})["value"]
+    client.post("/login", data={"email": user, "password": PASSWORD, "csrf_token": token})
+    account = BeautifulSoup(client.get("/account").get_data(as_text=True), "html.parser")
+    form_token = account.find("form", action="/account/password").find(
+        "input", {"name": "csrf_token"}
+    )["value"]
+    data = {"current_password": PASSWORD, "password": NEW, "confirm": NEW}
+    assert client.post("/account/password", data=data).status_code == 400
+    assert client.post("/sudo", data={"password": PASSWORD}).status_code in (400, 401)
+    assert password_is(app, user, PASSWORD)  # unchanged
+    answer = client.post("/account/password", data={**data, "csrf_token": form_token})
+    assert answer.status_code == 302
+    assert password_is(app, user, NEW)
+
+
+def password_is(app, email: str, password: str) -> bool:
+    from app.accounts import service as accounts
+    from app.accounts.passwords import verify_password
+
+    with app.app_context():
+        return verify_password(accounts.get_user_by_email(email).password_hash, password)[0]

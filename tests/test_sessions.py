@@ -259,3 +259,27 @@ def test_device_labels():
     assert describe_device(CHROME_MAC) == "Chrome on macOS"
     assert describe_device(None) == "Unknown device"
     assert describe_device("curl/8.5.0") == "curl"
+
+
+def test_long_ended_sessions_are_pruned_at_sign_in(app, user):
+    first = signed_in_client(app, user)
+    first.post("/logout")
+    second = signed_in_client(app, user)
+    second.post("/logout")
+    rows = user_sessions(app, user)
+    with app.app_context():
+        from sqlalchemy import update
+
+        from app.clock import utcnow
+        from app.models import UserSession
+
+        for row, days in zip(rows, (31, 29), strict=True):
+            db.session.execute(
+                update(UserSession)
+                .where(UserSession.id == row.id)
+                .values(ended_at=utcnow() - timedelta(days=days))
+            )
+        db.session.commit()
+    signed_in_client(app, user)
+    kept = user_sessions(app, user)
+    assert [r.id for r in kept][:1] == [rows[1].id] and len(kept) == 2
