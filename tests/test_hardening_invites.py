@@ -221,3 +221,30 @@ def test_an_unusable_base_url_stops_the_app_at_start(tmp_path, monkeypatch, url)
     monkeypatch.setenv("KEYDESK_DATABASE_URL", f"sqlite:///{tmp_path / 'x.sqlite3'}")
     with pytest.raises(ValueError, match="KEYDESK_BASE_URL"):
         create_app({"TESTING": True})
+
+
+def test_concurrent_invitations_of_one_address_make_one(app, signed_in):
+    import threading
+
+    create_user(app, "bob@example.com", role="admin")
+    clients = [signed_in]
+    for _ in range(3):
+        extra = app.test_client()
+        login(extra, "bob@example.com")
+        clients.append(extra)
+    barrier = threading.Barrier(len(clients))
+    statuses: list[int] = []
+
+    def invite(client):
+        barrier.wait()
+        statuses.append(_invite(client, "race@example.com").status_code)
+
+    threads = [threading.Thread(target=invite, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * len(clients)
+    with app.app_context():
+        rows = db.session.scalars(select(Invite).where(Invite.email == "race@example.com")).all()
+    assert len(rows) == 1 and _pending(signed_in) == ["race@example.com"]

@@ -154,3 +154,19 @@ def test_static_files_still_reach_the_server_as_files(one_worker):
     _, port, _ = one_worker
     response = requests.get(f"http://127.0.0.1:{port}/static/style.css", timeout=10)
     assert response.status_code == 200 and "color" in response.text
+
+
+def test_a_body_that_fails_after_its_first_bytes_is_not_passed_off_as_complete(app):
+    """Too late for a 500: the error goes on to the server, which cuts the connection, so a
+    download that stopped half-way cannot look whole (a clean end would, with chunking)."""
+
+    def half_body():
+        yield b"["
+        raise RuntimeError("the database went away mid-export")
+
+    app.add_url_rule(
+        "/api/v1/half", "half", lambda: app.response_class(half_body(), mimetype="text/csv")
+    )
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    with pytest.raises(RuntimeError, match="mid-export"):
+        app.test_client().get("/api/v1/half").get_data()

@@ -187,7 +187,7 @@ def create_invite(
     if existing is not None and existing.tenant_id == tenant.id:
         raise InvalidInput("This address already belongs to a member", field="email")
     # An account in another organization is not revealed to this admin: the invitation is
-    # made as for anyone (see accept_invite).
+    # made as for anyone, and accepting it reads as for any taken address (admin/invites.py).
     # Lock the tenant row (PostgreSQL) so that two admins inviting one address at the same
     # moment renew one row instead of making two; SQLite's BEGIN IMMEDIATE serializes anyway.
     db.session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
