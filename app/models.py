@@ -120,6 +120,7 @@ class ApiKey(db.Model):
     last_used_at: Mapped[datetime | None] = mapped_column(UnixTime)
     last_used_ip: Mapped[str | None] = mapped_column(String(64))
     reminded_at: Mapped[datetime | None] = mapped_column(UnixTime)  # last expiry reminder
+    description: Mapped[str | None] = mapped_column(String(100))  # optional, owner's words
 
     user: Mapped[User | None] = relationship()
     tenant: Mapped[Tenant | None] = relationship()
@@ -213,3 +214,20 @@ class Invite(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(UnixTime)
 
     tenant: Mapped[Tenant] = relationship()
+
+
+class FormSubmission(db.Model):
+    """What a creating form (new key, rotation, invitation) created, by its one-time
+    submission token, so that the same form submitted again (a reload, Back then Forward)
+    finds it instead of creating again (app/once.py). Only SHA-256 of the token is stored;
+    `result` is the public handle of what was made (a key id, an invitation id), never a
+    secret."""
+
+    __tablename__ = "form_submissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(32))  # "key.new" | "key.rotate" | "invite"
+    result: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UnixTime)

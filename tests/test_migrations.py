@@ -22,6 +22,7 @@ TABLES = {
     "audit_events",
     "resources",
     "invites",
+    "form_submissions",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(

@@ -4,7 +4,8 @@ Every filter is a SQL condition over api_keys (no row is loaded to be filtered i
 Python), every query starts from `tenant_id = ?`, and each sort order is the
 second column of one of the ix_api_keys_tenant_* indexes, so a page of 50 among
 100,000 keys is an index range scan that stops after 50 rows (plus the offset).
-The status conditions mirror keys.service.status_of exactly; tests hold them to it.
+The status conditions are app/keys/status.py's, which mirror its status_of exactly;
+tests hold them to it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ from app.audit import Actor
 from app.errors import InvalidInput
 from app.extensions import db
 from app.keys.scopes import ALL_SCOPES
-from app.keys.service import EXPIRING_WITHIN
+from app.keys.service import record_key_revocations
+from app.keys.status import (  # noqa: F401 (working: the name the admin pages long used)
+    STATUSES,
+    end_of,
+    needs_renewal,
+    status_condition,
+    status_of,
+    working,
+)
 from app.models import ApiKey, User
 from app.params import whole_number
 
 PAGE_SIZE = 50
-STATUSES = ("active", "expiring", "expired", "revoked", "rotated", "leaked")
 SORTS = {
     "created": ApiKey.created_at,
     "expires": ApiKey.expires_at,
@@ -123,48 +131,6 @@ def parse_filter(args: Mapping[str, str]) -> KeyFilter:
     )
 
 
-# --- status as SQL (mirrors keys.service.status_of) ---------------------------------
-
-
-def _not_stopped(now: datetime) -> ColumnElement[bool]:
-    """Not (yet) revoked: never revoked, or rotated and still in its grace period."""
-    return or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > now)
-
-
-def _not_expired(now: datetime) -> ColumnElement[bool]:
-    return or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
-
-
-def working(now: datetime) -> ColumnElement[bool]:
-    """Keys that authenticate right now (status active or expiring)."""
-    return and_(_not_stopped(now), _not_expired(now))
-
-
-def status_condition(status: str, now: datetime) -> ColumnElement[bool]:
-    stopped = ApiKey.revoked_at <= now
-    soon = now + EXPIRING_WITHIN
-    if status in ("rotated", "leaked"):
-        return and_(stopped, ApiKey.revoke_reason == status)
-    if status == "revoked":
-        return and_(
-            stopped,
-            or_(ApiKey.revoke_reason.is_(None), ApiKey.revoke_reason.not_in(["rotated", "leaked"])),
-        )
-    if status == "expired":
-        return and_(_not_stopped(now), ApiKey.expires_at <= now)
-    if status == "expiring":
-        return and_(
-            working(now),
-            or_(ApiKey.revoked_at.is_not(None), ApiKey.expires_at <= soon),
-        )
-    if status == "active":
-        return and_(
-            ApiKey.revoked_at.is_(None),
-            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > soon),
-        )
-    raise InvalidInput(f"Unknown status: {status}", "status")
-
-
 def _owner_ids(email: str):
     return select(User.id).where(User.email == email).scalar_subquery()
 
@@ -182,8 +148,8 @@ def conditions(*, tenant_id: int, filters: KeyFilter, now: datetime) -> list[Col
         padded = literal(" ") + ApiKey.scopes + literal(" ")
         conds.append(padded.like(f"% {f.scope} %"))
     if f.expiring_within_days is not None:
-        conds.append(working(now))
-        conds.append(ApiKey.expires_at <= now + timedelta(days=f.expiring_within_days))
+        # The banner's and the reminder's question too: within 7 days, exactly status=expiring.
+        conds.append(needs_renewal(now, timedelta(days=f.expiring_within_days)))
     if f.unused_for_days is not None:
         cutoff = now - timedelta(days=f.unused_for_days)
         # A key created yesterday and never used is not "unused for 30 days".
@@ -256,8 +222,6 @@ def key_page(
     *, tenant_id: int, filters: KeyFilter, now: datetime, page: int = 1, per_page: int = PAGE_SIZE
 ) -> KeyPage:
     """One page of the tenant's keys with their owners' emails."""
-    from app.keys.service import status_of
-
     total = count_keys(tenant_id=tenant_id, filters=filters, now=now)
     pages = max(1, -(-total // per_page))
     page = min(max(1, page), pages)
@@ -276,12 +240,13 @@ def key_page(
         status = status_of(key, now)
         alive = status in ("active", "expiring")
         last = key.last_used_at or key.created_at
+        end = end_of(key)
         rows.append(
             KeyRow(
                 key=key,
                 owner=email,
                 status=status,
-                expiring_soon=alive and key.expires_at is not None and key.expires_at <= soon,
+                expiring_soon=alive and end is not None and end <= soon,
                 unused=alive and last <= stale,
             )
         )
@@ -331,19 +296,3 @@ def revoke_matching(
     )
     db.session.expire_all()
     return revoked
-
-
-def record_key_revocations(
-    revoked: list, *, tenant_id: int, now: datetime, actor: Actor, reason: str
-) -> None:
-    """One `key.revoked` audit event per (key_id, name), in one batch."""
-    if not revoked:
-        return  # nothing to chain: do not take the chain lock
-    audit.record_many(
-        "key.revoked",
-        ((key_id, {"name": name, "reason": reason}) for key_id, name in revoked),
-        actor=actor,
-        now=now,
-        tenant_id=tenant_id,
-        target_type="key",
-    )
