@@ -23,7 +23,7 @@ document.addEventListener("DOMContentLoaded", () => {
       }
     });
   }
-  for (const field of document.querySelectorAll("input.secret")) {
+  for (const field of document.querySelectorAll("input.secret, textarea.secret")) {
     field.addEventListener("focus", () => field.select());
   }
 });

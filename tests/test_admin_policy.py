@@ -14,7 +14,7 @@ from app.clock import utcnow
 from app.errors import PolicyViolation
 from app.extensions import db
 from app.keys import service as keys
-from app.models import AuditEvent, Tenant
+from app.models import ApiKey, AuditEvent, Tenant
 from tests.conftest import create_user, issue_key, login
 
 
@@ -81,7 +81,7 @@ def test_new_key_form_offers_only_what_the_policy_allows(app, client, user):
     set_policy(client, days=30, require=True, scopes=["api:read", "deploy:staging"])
     scopes, expiry = new_key_choices(client)
     assert len(scopes) == 12  # admins may grant every scope
-    assert expiry == ["7", "30"]  # no "never", nothing beyond 30 days
+    assert expiry == ["7", "30", "custom"]  # no "never", nothing beyond 30 days
     client.post("/logout")
     login(client, "bob@example.com")
     scopes, expiry = new_key_choices(client)
@@ -98,16 +98,46 @@ def test_new_key_form_offers_only_what_the_policy_allows(app, client, user):
     assert "policy requires every key to expire" in never.get_data(as_text=True)
 
 
-def test_portal_rotation_is_refused_with_the_rule(app, client, user):
+def test_portal_rotation_under_a_tightened_policy_offers_an_allowed_expiry(app, client, user):
+    """Issue 13.5: an old never-expiring key under "every key must expire, at most 30
+    days": rotating without a choice names the rule beside the expiry field, which offers
+    only what the policy allows; choosing one rotates."""
     old = issue_key(app, days=0, name="forever")  # issued before the policy
     login(client)
     set_policy(client, require=True)
-    key_id = old.split("_")[1]
-    response = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1"}, follow_redirects=1)
-    assert "policy requires every key to expire" in response.get_data(as_text=True)
     set_policy(client, days=30)
-    response = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1"}, follow_redirects=1)
-    assert "limits key lifetime to 30 days" in response.get_data(as_text=True)
+    key_id = old.split("_")[1]
+    page = BeautifulSoup(client.get(f"/keys/{key_id}").get_data(as_text=True), "html.parser")
+    box = page.find("select", attrs={"name": "expires_in_days"})
+    offered = [o["value"] for o in box.find_all("option")]
+    assert offered == ["7", "30"]  # no "same as now (never)", no "never"
+    assert box.find("option", selected=True)["value"] == "30"
+    refused = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1"})
+    assert refused.status_code == 400
+    error = BeautifulSoup(refused.get_data(as_text=True), "html.parser").find(
+        id="expires_in_days-error"
+    )
+    assert "no longer allows this key's lifetime" in error.text
+    assert error is not None and "choose how long the new key lives" in error.text
+    done = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1", "expires_in_days": "30"})
+    assert done.status_code == 200 and "new-key-secret" in done.get_data(as_text=True)
+    with app.app_context():
+        new = db.session.execute(select(ApiKey).where(ApiKey.rotated_from == key_id)).scalar_one()
+        assert round((new.expires_at - new.created_at).total_seconds() / 86400) == 30
+
+
+def test_portal_rotation_keeps_the_old_lifetime_where_the_policy_allows(app, client, user):
+    old = issue_key(app, days=90, name="quarterly")
+    login(client)
+    key_id = old.split("_")[1]
+    page = BeautifulSoup(client.get(f"/keys/{key_id}").get_data(as_text=True), "html.parser")
+    box = page.find("select", attrs={"name": "expires_in_days"})
+    assert box.find("option", selected=True).text == "Same as the old key (90 days)"
+    done = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1", "expires_in_days": ""})
+    assert done.status_code == 200
+    with app.app_context():
+        new = db.session.execute(select(ApiKey).where(ApiKey.rotated_from == key_id)).scalar_one()
+        assert round((new.expires_at - new.created_at).total_seconds() / 86400) == 90
 
 
 @pytest.mark.parametrize(
