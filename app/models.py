@@ -220,7 +220,7 @@ class FormSubmission(db.Model):
     """What a creating form (new key, rotation, invitation) created, by its one-time
     submission token, so that the same form submitted again (a reload, Back then Forward)
     finds it instead of creating again (app/once.py). Only SHA-256 of the token is stored;
-    `result` is the public handle of what was made (a key id, an invitation id), never a
+    `result` names what was made (a key id, the invited address), never a
     secret."""
 
     __tablename__ = "form_submissions"
@@ -229,5 +229,5 @@ class FormSubmission(db.Model):
     token_digest: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     purpose: Mapped[str] = mapped_column(String(32))  # "key.new" | "key.rotate" | "invite"
-    result: Mapped[str] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(String(254))  # a key id, an invited address
     created_at: Mapped[datetime] = mapped_column(UnixTime)

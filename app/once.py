@@ -5,7 +5,7 @@ creation, so the same form submitted again (a reload of the reveal page, Back th
 Forward) finds what it created instead of creating it again.
 
 The token is no secret (it only names a form) but only its SHA-256 is stored, with the
-public handle of what was made (`result`: a key id, an invitation id), never a secret. The
+name of what was made (`result`: a key id, the invited address), never a secret. The
 unique digest is the race guard: of two submissions of one form at the same moment one
 commits, the other's flush fails and it shows the winner's result.
 

@@ -85,7 +85,7 @@ def test_new_key_form_offers_only_what_the_policy_allows(app, client, user):
     client.post("/logout")
     login(client, "bob@example.com")
     scopes, expiry = new_key_choices(client)
-    assert scopes == ["api:read", "deploy:staging"] and expiry == ["7", "30"]
+    assert scopes == ["api:read", "deploy:staging"] and expiry == ["7", "30", "custom"]
     response = client.post(
         "/keys/new", data={"name": "x", "scopes": ["deploy:production"], "expires_in_days": "30"}
     )

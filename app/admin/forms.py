@@ -3,6 +3,7 @@ from wtforms import BooleanField, EmailField, IntegerField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
+from app import once
 from app.auth.forms import new_password_fields
 from app.keys.scopes import ALL_SCOPES
 from app.portal.forms import MultiCheckboxField
@@ -27,6 +28,7 @@ class PolicyForm(FlaskForm):
 
 class InviteForm(FlaskForm):
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    submission = once.token_field()  # create once: the same form again shows what it made
 
 
 class RoleForm(FlaskForm):

@@ -14,6 +14,7 @@ from flask import (
 )
 from flask_login import current_user
 
+from app import once
 from app.accounts import members as members_service
 from app.accounts import policy
 from app.admin import auditlog, bp, inventory
@@ -172,7 +173,9 @@ def policy_page():
 # --- members ------------------------------------------------------------------------
 
 
-def _members_page(invite_form=None, *, invite_link=None, invite=None, status=200):
+def _members_page(
+    invite_form=None, *, invite_link=None, invite=None, status=200, already_invited=None
+):
     now = utcnow()
     tenant = current_user.tenant
     html = render_template(
@@ -184,6 +187,7 @@ def _members_page(invite_form=None, *, invite_link=None, invite=None, status=200
         form=ConfirmForm(),
         invite_link=invite_link,
         invite=invite,
+        already_invited=already_invited,
         now=now,
     )
     # The invite link is a credential shown once: never cache this page anywhere.
@@ -195,9 +199,24 @@ def members():
     return _members_page()
 
 
+def _already_invited(form):
+    """The same invitation form again (a reload, Back then Forward): show what it created."""
+    try:
+        done = once.already_done(
+            token=form.submission.data, user_id=current_user.id, purpose="invite"
+        )
+    except InvalidInput as exc:
+        abort(400, str(exc))
+    if done is None:
+        return None
+    return _members_page(already_invited=done)  # done.result: the invited address
+
+
 @bp.post("/members/invite")
 def invite():
     form = InviteForm()
+    if (shown := _already_invited(form)) is not None:
+        return shown
     if not form.validate_on_submit():
         if form.csrf_token.errors:
             abort(400)
@@ -214,6 +233,14 @@ def invite():
         db.session.rollback()
         form.email.errors.append(str(exc))
         return _members_page(form, status=400)
+    try:
+        once.remember(
+            token=form.submission.data, user_id=current_user.id, purpose="invite",
+            result=row.email, now=row.created_at,
+        )  # fmt: skip
+    except once.AlreadySubmitted:
+        db.session.rollback()
+        return _already_invited(form)
     db.session.commit()
     link = url_for("invites.accept", token=token, _external=True)
     return _members_page(invite_link=link, invite=row)

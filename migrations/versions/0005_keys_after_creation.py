@@ -22,7 +22,7 @@ def upgrade():
         sa.Column("token_digest", sa.String(length=64), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("purpose", sa.String(length=32), nullable=False),
-        sa.Column("result", sa.String(length=64), nullable=False),
+        sa.Column("result", sa.String(length=254), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_form_submissions_user_id_users")
