@@ -135,9 +135,14 @@ class NewKeyForm(FlaskForm):
         if not field.data:
             raise ValidationError("Choose at least one scope")
 
-    def validate_expires_on(self, field) -> None:
+    def validate(self, extra_validators=None) -> bool:
+        valid = super().validate(extra_validators)
+        # Here, not in validate_expires_on: Optional() ends the field's own chain when empty.
+        field = self.expires_on
         if self.expires_in_days.data == CUSTOM and field.data is None and not field.errors:
-            raise ValidationError("Choose the date the key expires on")
+            field.errors = ["Choose the date the key expires on"]
+            return False
+        return valid
 
 
 class EditKeyForm(FlaskForm):
