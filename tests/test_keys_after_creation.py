@@ -392,4 +392,3 @@ def test_openapi_documents_the_patch(client):
     props = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
     assert set(props) == {"name", "description", "scopes", "expires_at", "allowed_ips"}
     assert "200" in op["responses"]
-
