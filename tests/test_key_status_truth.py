@@ -93,8 +93,8 @@ def test_a_key_in_grace_cannot_create_keys_that_outlive_its_grace(app, client, r
     """Issue 12.4: the parent rule reads the effective end of life, not expires_at."""
     base = "/api/v1/tenant/acme/api-keys"
     for days in (0, 2, 30):
-        response = client.post(f"{base}/create", headers=bearer(rotated["full"]),
-                               json={"name": "child", "scopes": ["api:read"], "expires_in_days": days})  # fmt: skip
+        body = {"name": "child", "scopes": ["api:read"], "expires_in_days": days}
+        response = client.post(f"{base}/create", headers=bearer(rotated["full"]), json=body)
         assert response.status_code == 400, days
         assert response.json["field"] == "expires_in_days"
         assert "no later than itself" in response.json["error_description"]

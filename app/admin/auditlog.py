@@ -23,6 +23,7 @@ from app.clock import to_unix
 from app.errors import InvalidInput
 from app.extensions import db
 from app.models import AuditEvent
+from app.params import whole_number
 
 PAGE_SIZE = 50
 EXPORT_CHUNK = 1000
@@ -57,26 +58,70 @@ class EventFilter:
         return {k: v for k, v in out.items() if v}
 
 
-def _date(args: Mapping[str, str], name: str) -> date | None:
+# How /admin/audit labels its filters: a page's refusal names the field as the page shows it.
+PAGE_LABELS = {"action": "Action", "actor": "Actor", "from": "From", "to": "To",
+               "format": "Export format", "before": "Page"}  # fmt: skip
+# Every action Keydesk records (what `?action=` may name), beside those a tenant's own log
+# holds (events written by features added later are found there).
+ACTIONS = (
+    "auth.login", "auth.login_failed", "client_key.issued", "invite.accepted",
+    "invite.created", "invite.revoked", "key.allowed_ips_changed", "key.issued",
+    "key.leaked", "key.revoked", "key.rotated", "key.updated", "key.used_from_new_ip",
+    "keys.bulk_revoked", "member.deactivated", "member.role_changed", "policy.changed",
+    "resource.created", "resource.deleted", "seed.keys_created", "tenant.created",
+    "user.created",
+)  # fmt: skip
+EXPORT_FORMATS = ("csv", "json")
+
+
+def _date(args: Mapping[str, str], name: str, label: str) -> date | None:
     raw = (args.get(name) or "").strip()
     if not raw:
         return None
     try:
         return date.fromisoformat(raw)
     except ValueError:
-        raise InvalidInput(f"'{name}' must be a date like 2026-01-31", name) from None
+        raise InvalidInput(f"{label} must be a date like 2026-01-31", name) from None
 
 
-def parse_filter(args: Mapping[str, str]) -> EventFilter:
+def parse_filter(
+    args: Mapping[str, str],
+    *,
+    tenant_id: int | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> EventFilter:
+    """The log's filters; InvalidInput names the bad one (by its label in `labels`) and the
+    values it takes. With tenant_id, `action` must be one Keydesk records or one in that
+    tenant's log (an unknown action is refused, not answered with nothing)."""
+
+    def label(name: str) -> str:
+        return (labels or {}).get(name, name)
+
     f = EventFilter(
         action=(args.get("action") or "").strip()[:64] or None,
         actor=(args.get("actor") or "").strip()[:300] or None,
-        date_from=_date(args, "from"),
-        date_to=_date(args, "to"),
+        date_from=_date(args, "from", label("from")),
+        date_to=_date(args, "to", label("to")),
     )
     if f.date_from and f.date_to and f.date_from > f.date_to:
-        raise InvalidInput("'from' must not be after 'to'", "from")
+        raise InvalidInput(f"{label('from')} must not be after {label('to')}", "from")
+    if f.action is not None and tenant_id is not None:
+        known = sorted(set(ACTIONS) | set(known_actions(tenant_id=tenant_id)))
+        if f.action not in known:
+            raise InvalidInput(f"{label('action')} must be one of: {', '.join(known)}", "action")
     return f
+
+
+def parse_cursor(raw: str | None, label: str = "cursor", name: str = "cursor") -> int | None:
+    """A page cursor (an event id) or None; InvalidInput naming it otherwise."""
+    if raw is None or not raw.strip():
+        return None
+    value = whole_number(raw, low=1, high=2**31 - 1)  # event ids fit PostgreSQL's integer
+    if value is None:
+        raise InvalidInput(
+            f"{label} is not valid; use the link or next_cursor of the previous page", name
+        )
+    return value
 
 
 def _start_of(day: date) -> datetime:

@@ -87,48 +87,73 @@ class KeyFilter:
         )
 
 
-def _days(args: Mapping[str, str], name: str) -> int | None:
+# The query parameters parse_filter reads (SPEC's filters plus sorting).
+FILTER_NAMES = (
+    "status", "owner", "scope", "expiring_within_days", "unused_for_days", "q", "sort", "dir",
+)  # fmt: skip
+# How /admin/keys labels them: a page's refusal names the field as the page shows it.
+PAGE_LABELS = {
+    "status": "Status", "owner": "Owner (email)", "scope": "Scope",
+    "expiring_within_days": "Expiring within (days)", "unused_for_days": "Unused for (days)",
+    "q": "Name contains", "sort": "Sort", "dir": "Sort direction", "page": "Page",
+}  # fmt: skip
+
+
+def _days(args: Mapping[str, str], name: str, label: str) -> int | None:
     raw = (args.get(name) or "").strip()
     if not raw:
         return None
     days = whole_number(raw, high=MAX_DAYS)
     if days is None:
-        raise InvalidInput(f"{name} must be a whole number of days from 0 to {MAX_DAYS}", name)
+        raise InvalidInput(f"{label} must be a whole number of days from 0 to {MAX_DAYS}", name)
     return days
 
 
-# The query parameters parse_filter reads (SPEC's filters plus sorting).
-FILTER_NAMES = (
-    "status", "owner", "scope", "expiring_within_days", "unused_for_days", "q", "sort", "dir",
-)  # fmt: skip
+def parse_filter(args: Mapping[str, str], labels: Mapping[str, str] | None = None) -> KeyFilter:
+    """Read the SPEC's query filters; InvalidInput names the bad one (its `field` the
+    parameter, its message the parameter's label in `labels`, by default its name) and the
+    values it takes."""
 
+    def label(name: str) -> str:
+        return (labels or {}).get(name, name)
 
-def parse_filter(args: Mapping[str, str]) -> KeyFilter:
-    """Read the SPEC's query filters; InvalidInput names the bad one."""
     status = (args.get("status") or "").strip() or None
     if status is not None and status not in STATUSES:
-        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
+        raise InvalidInput(f"{label('status')} must be one of: {', '.join(STATUSES)}", "status")
     scope = (args.get("scope") or "").strip() or None
     if scope is not None and scope not in ALL_SCOPES:
-        raise InvalidInput(f"Unknown scope: {scope}", "scope")
+        raise InvalidInput(
+            f"{label('scope')} must be one of: {', '.join(ALL_SCOPES)} (not {scope[:40]})",
+            "scope",
+        )
     owner = (args.get("owner") or "").strip().lower() or None
     q = (args.get("q") or "").strip()[:100] or None
     sort = (args.get("sort") or "created").strip()
     if sort not in SORTS:
-        raise InvalidInput(f"sort must be one of {', '.join(SORTS)}", "sort")
+        raise InvalidInput(f"{label('sort')} must be one of: {', '.join(SORTS)}", "sort")
     direction = (args.get("dir") or DEFAULT_DIRECTION[sort]).strip()
     if direction not in ("asc", "desc"):
-        raise InvalidInput("dir must be asc or desc", "dir")
+        raise InvalidInput(f"{label('dir')} must be asc or desc", "dir")
     return KeyFilter(
         status=status,
         owner=owner,
         scope=scope,
-        expiring_within_days=_days(args, "expiring_within_days"),
-        unused_for_days=_days(args, "unused_for_days"),
+        expiring_within_days=_days(args, "expiring_within_days", label("expiring_within_days")),
+        unused_for_days=_days(args, "unused_for_days", label("unused_for_days")),
         q=q,
         sort=sort,
         direction=direction,
     )
+
+
+def parse_page(raw: str | None, label: str = "page") -> int:
+    """A page number (1 when absent); InvalidInput naming it otherwise."""
+    if raw is None or not raw.strip():
+        return 1
+    page = whole_number(raw, low=1, high=10**6)
+    if page is None:
+        raise InvalidInput(f"{label} must be a whole number from 1 to 1000000", "page")
+    return page
 
 
 def _owner_ids(email: str):

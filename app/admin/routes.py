@@ -26,15 +26,10 @@ from app.key_actions import ConfirmForm, revoke_and_flash
 from app.keys import service as keys
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
-from app.params import whole_number
 from app.web import NO_STORE
 from app.web_actor import request_actor
 
 bp.add_app_template_filter(auditlog.readable_details, "readable_details")
-
-
-def _page_number() -> int:
-    return whole_number(request.args.get("page"), low=1, high=10**6) or 1
 
 
 def _tenant_key(key_id: str):
@@ -50,14 +45,16 @@ def _tenant_key(key_id: str):
 @bp.get("/keys", endpoint="keys")
 def keys_inventory():
     now = utcnow()
+    labels = inventory.PAGE_LABELS
     try:
-        filters = inventory.parse_filter(request.args)
+        filters = inventory.parse_filter(request.args, labels)
+        page_number = inventory.parse_page(request.args.get("page"), labels["page"])
     except InvalidInput as exc:
-        filters, error = inventory.KeyFilter(), str(exc)
+        filters, error, page_number = inventory.KeyFilter(), str(exc), 1
     else:
         error = None
     page = inventory.key_page(
-        tenant_id=current_user.tenant_id, filters=filters, now=now, page=_page_number()
+        tenant_id=current_user.tenant_id, filters=filters, now=now, page=page_number
     )
     html = render_template(
         "admin/keys.html", page=page, filters=filters, error=error, now=now, form=ConfirmForm()
@@ -70,7 +67,7 @@ def revoke_matching():
     """Incident revoke: every working key matching the filter, after a confirmation page."""
     now = utcnow()
     try:
-        filters = inventory.parse_filter(request.args)
+        filters = inventory.parse_filter(request.args, inventory.PAGE_LABELS)
     except InvalidInput as exc:
         flash(str(exc), "error")
         return redirect(url_for("admin.keys"))
@@ -336,13 +333,17 @@ def revoke_invite(invite_id: int):
 @bp.get("/audit")
 def audit():
     tenant_id = current_user.tenant_id
+    labels = auditlog.PAGE_LABELS
     error = None
-    try:
-        filters = auditlog.parse_filter(request.args)
-    except InvalidInput as exc:
-        filters, error = auditlog.EventFilter(), str(exc)
     export = request.args.get("format")
-    if export in ("csv", "json") and error is None:
+    try:
+        filters = auditlog.parse_filter(request.args, tenant_id=tenant_id, labels=labels)
+        if export not in (None, "", "html", *auditlog.EXPORT_FORMATS):
+            raise InvalidInput(f"{labels['format']} must be csv or json", "format")
+        before = auditlog.parse_cursor(request.args.get("before"), labels["before"], "before")
+    except InvalidInput as exc:
+        filters, error, before = auditlog.EventFilter(), str(exc), None
+    if export in auditlog.EXPORT_FORMATS and error is None:
         events = auditlog.iter_events(tenant_id=tenant_id, filters=filters)
         stamp = utcnow().strftime("%Y%m%d-%H%M%S")
         if export == "csv":
@@ -357,9 +358,6 @@ def audit():
                 "Cache-Control": "no-store",
             },
         )
-    if export not in (None, "", "html", "csv", "json"):
-        error = "format must be csv or json"
-    before = whole_number(request.args.get("before"), low=1)
     events, next_cursor = auditlog.events_page(tenant_id=tenant_id, filters=filters, before=before)
     html = render_template(
         "admin/audit.html",

@@ -86,11 +86,8 @@ def audit_events(slug: str):
     """Newest first; `next_cursor` is opaque to callers (today: the last event's id)."""
     tenant = _admin_tenant(slug)
     limit = _int_arg("limit", DEFAULT_LIMIT, MAX_LIMIT)
-    cursor_raw = request.args.get("cursor")
-    cursor = whole_number(cursor_raw, low=1)
-    if cursor_raw is not None and cursor is None:
-        raise InvalidInput("cursor is not valid; use next_cursor from the previous page", "cursor")
-    filters = auditlog.parse_filter(request.args)
+    cursor = auditlog.parse_cursor(request.args.get("cursor"))
+    filters = auditlog.parse_filter(request.args, tenant_id=tenant.id)
     events, next_cursor = auditlog.events_page(
         tenant_id=tenant.id,
         filters=filters,
