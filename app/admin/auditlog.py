@@ -178,9 +178,24 @@ def event_json(event: AuditEvent) -> dict:
         "user_agent": event.user_agent,
         "target_type": event.target_type,
         "target": event.target,
-        "details": json.loads(event.details or "{}"),
+        "details": unix_times(json.loads(event.details or "{}")),
         "created_at": to_unix(event.created_at),
     }
+
+
+def unix_times(value):
+    """Times in details as Unix seconds, as everywhere in JSON: events written before
+    audit.record stored them so hold them as text ("2026-12-31 07:36:33.420590+00:00")."""
+    if isinstance(value, dict):
+        return {k: unix_times(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unix_times(v) for v in value]
+    if isinstance(value, str) and _ISO_TIME.fullmatch(value) and value[-6:] in ("+00:00",):
+        try:
+            return to_unix(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return value
 
 
 def iter_events(*, tenant_id: int, filters: EventFilter) -> Iterator[AuditEvent]:
@@ -215,7 +230,7 @@ def export_csv(events: Iterator[AuditEvent]) -> Iterator[str]:
     for event in events:
         data = event_json(event)
         data["created_at"] = event.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        data["details"] = event.details
+        data["details"] = json.dumps(data["details"], sort_keys=True, separators=(",", ":"))
         writer.writerow([_csv_safe(data[name]) for name in CSV_FIELDS])
         if buffer.tell() > 16384:
             yield buffer.getvalue()
@@ -244,9 +259,14 @@ def export_json(events: Iterator[AuditEvent]) -> Iterator[str]:
 _ISO_TIME = re.compile(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d)(:\d\d(\.\d+)?)?(\+00:00|Z)?")
 
 
-def _shown(value, limit: int = 80) -> str:
+def _shown(value, limit: int = 80, name: str = "") -> str:
     if isinstance(value, str) and (stamp := _ISO_TIME.fullmatch(value)):
         return f"{stamp[1]} {stamp[2]} UTC"  # as the rest of the page writes times
+    if name.endswith("_at") and isinstance(value, int) and not isinstance(value, bool):
+        try:  # a time in Unix seconds, as audit.record stores them
+            return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        except (OverflowError, OSError, ValueError):
+            return str(value)
     if isinstance(value, bool) or value is None:
         text = json.dumps(value)
     elif isinstance(value, list):
@@ -272,10 +292,9 @@ def readable_details(raw: str | None) -> list[tuple[str, str]]:
     if isinstance(before, dict) and isinstance(after, dict):
         for name in [*before, *(k for k in after if k not in before)]:
             if before.get(name) != after.get(name):
-                out.append(
-                    (name, f"{_shown(before.get(name), 40)} → {_shown(after.get(name), 40)}")
-                )
+                old, new = _shown(before.get(name), 40, name), _shown(after.get(name), 40, name)
+                out.append((name, f"{old} → {new}"))
     elif before is not None or after is not None:
         out.append(("change", f"{_shown(before, 40)} → {_shown(after, 40)}"))
-    out.extend((name, _shown(value)) for name, value in data.items())
+    out.extend((name, _shown(value, name=name)) for name, value in data.items())
     return out
