@@ -20,9 +20,54 @@ from tests.conftest import create_user, issue_key, login
 
 def set_policy(client, *, days=0, require=False, scopes=None):
     data = {"max_key_lifetime_days": str(days), "member_scopes": scopes or []}
+    if not scopes:  # members may grant nothing: the page asks to confirm that (issue 13.9)
+        data["confirm_no_member_scopes"] = "yes"
     if require:
         data["require_expiry"] = "y"
     return client.post("/admin/policy", data=data)
+
+
+def test_saving_no_member_scopes_warns_and_asks_to_confirm(app, signed_in):
+    """Issue 13.9: no scope for members leaves them unable to create any key."""
+    data = {"max_key_lifetime_days": "0", "member_scopes": []}
+    asked = signed_in.post("/admin/policy", data=data)
+    assert asked.status_code == 200
+    page = BeautifulSoup(asked.get_data(as_text=True), "html.parser")
+    assert "Members then cannot create any key" in page.find(id="confirm-empty").text
+    confirm = page.find("button", attrs={"name": "confirm_no_member_scopes"})
+    assert confirm is not None and confirm["value"] == "yes"
+    with app.app_context():
+        assert db.session.execute(select(Tenant)).scalar_one().member_scopes is None  # unsaved
+        assert not db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "policy.changed")
+        ).first()
+    saved = signed_in.post(
+        "/admin/policy", data={**data, "confirm_no_member_scopes": "yes"}, follow_redirects=True
+    )
+    assert "Members may grant no scope now" in saved.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.execute(select(Tenant)).scalar_one().member_scopes == ""
+    # and a member's New key form says why it is empty
+    create_user(app, "bob@example.com", role="member")
+    signed_in.post("/logout")
+    login(signed_in, "bob@example.com")
+    form = signed_in.get("/keys/new").get_data(as_text=True)
+    assert "lets members grant no scope" in form
+
+
+def test_a_members_form_leaves_out_admin_scopes_and_says_why(app, client, user):
+    create_user(app, "bob@example.com", role="member")
+    login(client, "bob@example.com")
+    page = BeautifulSoup(client.get("/keys/new").get_data(as_text=True), "html.parser")
+    offered = [b["value"] for b in page.find_all("input", attrs={"name": "scopes"})]
+    assert "admin:read" not in offered and "admin:write" not in offered
+    assert "api:read" in offered
+    assert "work only on an admin" in page.find(id="scopes-hint").text
+    # the policy rules stay as they are: posting one anyway is not refused by the form
+    response = client.post(
+        "/keys/new", data={"name": "m", "scopes": ["admin:read"], "expires_in_days": "30"}
+    )
+    assert response.status_code == 200
 
 
 def test_policy_page_shows_defaults_and_saves_with_an_audit_event(app, signed_in):

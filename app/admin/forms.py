@@ -1,5 +1,5 @@
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, IntegerField, SelectField
+from wtforms import BooleanField, EmailField, HiddenField, IntegerField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
@@ -24,6 +24,8 @@ class PolicyForm(FlaskForm):
         choices=[SelectChoice(s, s) for s in ALL_SCOPES],
         description="Admins may always grant every scope.",
     )
+    # "yes" once the admin confirmed that members may grant no scope (and so create no key).
+    confirm_no_member_scopes = HiddenField()
 
 
 class InviteForm(FlaskForm):

@@ -146,6 +146,14 @@ def policy_page():
         form.max_key_lifetime_days.data = tenant.max_key_lifetime_days or 0
         form.require_expiry.data = bool(tenant.require_expiry)
         form.member_scopes.data = policy.member_scope_list(tenant)
+    elif (
+        form.validate_on_submit()
+        and not form.member_scopes.data
+        and form.confirm_no_member_scopes.data != "yes"
+    ):
+        # No scope for members means no key for members: ask before saving that.
+        html = render_template("admin/policy.html", form=form, tenant=tenant, confirm_empty=True)
+        return html, 200
     elif form.validate_on_submit():
         try:
             policy.update_policy(
@@ -162,6 +170,8 @@ def policy_page():
         else:
             db.session.commit()
             flash("Policy saved. It applies to new keys and rotations from now on.", "success")
+            if not form.member_scopes.data:
+                flash("Members may grant no scope now, so they cannot create keys.", "warning")
             return redirect(url_for("admin.policy"))
     status = 400 if form.errors else 200
     return render_template("admin/policy.html", form=form, tenant=tenant), status
