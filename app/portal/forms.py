@@ -155,7 +155,8 @@ class EditKeyForm(FlaskForm):
     scopes = ScopesField("Scopes", choices=[SelectChoice(s, s) for s in ALL_SCOPES])
     expires_on = ExpiryDateField(
         "Expires on", validators=[Optional()],
-        description="YYYY-MM-DD (UTC). Empty: never expires, where your organization allows it.",
+        description="The day the key stops working (UTC). Empty: never expires, where your"
+        " organization allows it.",
     )  # fmt: skip
     allowed_ips = NewKeyForm.allowed_ips
 
