@@ -20,12 +20,12 @@ def page_error(response) -> str:
 @pytest.mark.parametrize(
     ("query", "says"),
     [
-        ("action=nope", ["Action must be one of:", "key.issued", "auth.login"]),
+        ("action=nope", ["Action must be one of the actions in its list", "key.issued", "nope"]),
         ("from=yesterday", ["From must be a date like 2026-01-31"]),
         ("to=31.12.2026", ["To must be a date"]),
         ("from=2026-02-01&to=2026-01-01", ["From must not be after To"]),
         ("format=xml", ["Export format must be csv or json"]),
-        ("format=csv&action=nope", ["Action must be one of:"]),
+        ("format=csv&action=nope", ["Action must be one of"]),
         ("before=abc", ["Page is not valid"]),
         ("before=99999999999999999999", ["Page is not valid"]),
     ],
@@ -79,3 +79,6 @@ def test_api_refuses_bad_filters_naming_the_parameter(app, client, user, path, q
     assert response.status_code == 400
     assert response.json["error"] == "invalid_request" and response.json["field"] == field
     assert response.json["error_description"].startswith(field)
+    if field == "action":  # the API lists every value it takes
+        assert "auth.login" in response.json["error_description"]
+        assert "key.updated" in response.json["error_description"]

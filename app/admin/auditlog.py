@@ -108,7 +108,13 @@ def parse_filter(
     if f.action is not None and tenant_id is not None:
         known = sorted(set(ACTIONS) | set(known_actions(tenant_id=tenant_id)))
         if f.action not in known:
-            raise InvalidInput(f"{label('action')} must be one of: {', '.join(known)}", "action")
+            if labels:  # a page: its Action list shows them all; a shorter message reads better
+                raise InvalidInput(
+                    f"{label('action')} must be one of the actions in its list"
+                    f" (such as auth.login or key.issued), not “{f.action[:40]}”",
+                    "action",
+                )
+            raise InvalidInput(f"action must be one of: {', '.join(known)}", "action")
     return f
 
 
