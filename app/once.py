@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from wtforms import HiddenField
 
@@ -29,6 +29,9 @@ from app.extensions import db
 from app.models import FormSubmission
 
 FIELD = "submission"
+# How long a form is remembered: long past any reload or Back/Forward; the person's older
+# rows are dropped as new ones come, so the table stays small without a cleanup job.
+REMEMBER_FOR = timedelta(days=30)
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
@@ -87,3 +90,8 @@ def remember(*, token: str | None, user_id: int, purpose: str, result: str, now:
             db.session.add(row)
     except IntegrityError:
         raise AlreadySubmitted from None
+    db.session.execute(
+        delete(FormSubmission).where(
+            FormSubmission.user_id == user_id, FormSubmission.created_at < now - REMEMBER_FOR
+        )
+    )

@@ -157,3 +157,21 @@ def test_the_second_of_two_racing_submissions_loses_at_the_unique_digest(app, us
         rows = db.session.execute(select(FormSubmission)).scalars().all()
         assert [r.result for r in rows] == ["A"]
         assert token not in rows[0].token_digest  # only its digest is stored
+
+
+def test_a_persons_old_submissions_are_dropped_as_new_ones_come(app, user):
+    from datetime import timedelta
+
+    from app.accounts import service as accounts
+
+    with app.app_context():
+        uid = accounts.get_user_by_email(user).id
+        old = utcnow() - once.REMEMBER_FOR - timedelta(days=1)
+        once.remember(token=once.new_token(), user_id=uid, purpose="key.new", result="old", now=old)
+        db.session.commit()
+        once.remember(
+            token=once.new_token(), user_id=uid, purpose="key.new", result="new", now=utcnow()
+        )
+        db.session.commit()
+        results = db.session.execute(select(FormSubmission.result)).scalars().all()
+        assert results == ["new"]
