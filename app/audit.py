@@ -41,6 +41,14 @@ class Actor:
         return cls("system", "system")
 
 
+def _json_value(value: object) -> object:
+    """Details hold times as Unix seconds, as every JSON answer does (SPEC); anything else
+    that JSON cannot hold, as text."""
+    if isinstance(value, datetime):
+        return to_unix(value)
+    return str(value)
+
+
 def _canonical(event: AuditEvent) -> str:
     return json.dumps(
         [
@@ -145,7 +153,7 @@ def _event(
         user_agent=(actor.user_agent or None) and actor.user_agent[:300],
         target_type=target_type,
         target=target,
-        details=json.dumps(details, sort_keys=True, separators=(",", ":"), default=str),
+        details=json.dumps(details, sort_keys=True, separators=(",", ":"), default=_json_value),
         prev_hash=prev,
     )
     event.hash = compute_hash(event)

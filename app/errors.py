@@ -45,7 +45,13 @@ class NotFound(KeydeskError):
 
 
 class PolicyViolation(KeydeskError):
-    """A new key or rotation breaks the tenant policy; the message names the rule."""
+    """A new key, edit or rotation breaks the tenant policy; the message names the rule and
+    `field` the input it concerns ("scopes", "expires_in_days", "expires_at"), so a form
+    can put the message beside that field without reading the text."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 class InvalidInput(KeydeskError):

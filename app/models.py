@@ -119,6 +119,7 @@ class ApiKey(db.Model):
     last_used_at: Mapped[datetime | None] = mapped_column(UnixTime)
     last_used_ip: Mapped[str | None] = mapped_column(String(64))
     reminded_at: Mapped[datetime | None] = mapped_column(UnixTime)  # last expiry reminder
+    description: Mapped[str | None] = mapped_column(String(100))  # optional, owner's words
 
     user: Mapped[User | None] = relationship()
     tenant: Mapped[Tenant | None] = relationship()
@@ -253,3 +254,20 @@ class PasswordReset(db.Model):
     requested_ip: Mapped[str | None] = mapped_column(String(64))
 
     user: Mapped[User] = relationship()
+
+
+class FormSubmission(db.Model):
+    """What a creating form (new key, rotation, invitation) created, by its one-time
+    submission token, so that the same form submitted again (a reload, Back then Forward)
+    finds it instead of creating again (app/once.py). Only SHA-256 of the token is stored;
+    `result` names what was made (a key id, the invited address), never a
+    secret."""
+
+    __tablename__ = "form_submissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(32))  # "key.new" | "key.rotate" | "invite"
+    result: Mapped[str] = mapped_column(String(254))  # a key id, an invited address
+    created_at: Mapped[datetime] = mapped_column(UnixTime)

@@ -23,7 +23,18 @@ document.addEventListener("DOMContentLoaded", () => {
       }
     });
   }
-  for (const field of document.querySelectorAll("input.secret")) {
+  for (const field of document.querySelectorAll("input.secret, textarea.secret")) {
     field.addEventListener("focus", () => field.select());
+  }
+  // New key: the date field only with "A date of your choice" (without a script it stays
+  // visible, and its hint says when it counts).
+  const expiry = document.getElementById("expires_in_days");
+  const dateBox = document.querySelector("[data-custom-date]");
+  if (expiry && dateBox) {
+    const sync = () => {
+      dateBox.hidden = expiry.value !== "custom" && !dateBox.querySelector(".error");
+    };
+    expiry.addEventListener("change", sync);
+    sync();
   }
 });

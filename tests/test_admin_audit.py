@@ -224,7 +224,9 @@ def test_chain_verification_names_the_event_after_a_deleted_one(app, runner, use
 def test_admin_actions_are_audited(app, signed_in):
     """Policy, member and invite changes each leave an event naming the admin."""
     create_user(app, "bob@example.com", role="member")
-    signed_in.post("/admin/policy", data={"max_key_lifetime_days": "10"})
+    signed_in.post(
+        "/admin/policy", data={"max_key_lifetime_days": "10", "confirm_no_member_scopes": "yes"}
+    )
     signed_in.post("/admin/members/invite", data={"email": "new@example.com"})
     with app.app_context():
         bob = db.session.scalar(select(AuditEvent.target).where(AuditEvent.target.like("bob%")))

@@ -90,8 +90,18 @@ def test_status_filter_matches_status_of_for_every_status(app, signed_in, zoo):
     for status in inventory.STATUSES:
         expected = {key_id for key_id, s in truth.items() if s == status}
         assert set(listed(signed_in, status=status)) == expected, status
-    assert truth[zoo["grace"]] == "expiring"
-    assert zoo["grace"] in listed(signed_in, status="expiring")
+    # A key in its rotation grace reads `rotated` at once (issue 13.3), not `expiring`.
+    assert truth[zoo["grace"]] == "rotated"
+    assert zoo["grace"] in listed(signed_in, status="rotated")
+    assert zoo["grace"] not in listed(signed_in, status="expiring")
+
+
+def test_expiring_this_week_and_status_expiring_count_the_same_keys(app, signed_in, zoo):
+    """The quick filter "Expiring this week" and status=expiring: one set, one count."""
+    week = set(listed(signed_in, expiring_within_days=7))
+    assert week == set(listed(signed_in, status="expiring")) == {zoo["expiring"]}
+    html = signed_in.get("/admin/keys?expiring_within_days=7").get_data(as_text=True)
+    assert "1 key matches" in BeautifulSoup(html, "html.parser").select_one("#result-count").text
 
 
 def test_owner_scope_and_name_filters(app, signed_in, zoo):

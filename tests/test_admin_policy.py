@@ -14,15 +14,60 @@ from app.clock import utcnow
 from app.errors import PolicyViolation
 from app.extensions import db
 from app.keys import service as keys
-from app.models import AuditEvent, Tenant
+from app.models import ApiKey, AuditEvent, Tenant
 from tests.conftest import create_user, issue_key, login
 
 
 def set_policy(client, *, days=0, require=False, scopes=None):
     data = {"max_key_lifetime_days": str(days), "member_scopes": scopes or []}
+    if not scopes:  # members may grant nothing: the page asks to confirm that (issue 13.9)
+        data["confirm_no_member_scopes"] = "yes"
     if require:
         data["require_expiry"] = "y"
     return client.post("/admin/policy", data=data)
+
+
+def test_saving_no_member_scopes_warns_and_asks_to_confirm(app, signed_in):
+    """Issue 13.9: no scope for members leaves them unable to create any key."""
+    data = {"max_key_lifetime_days": "0", "member_scopes": []}
+    asked = signed_in.post("/admin/policy", data=data)
+    assert asked.status_code == 200
+    page = BeautifulSoup(asked.get_data(as_text=True), "html.parser")
+    assert "Members then cannot create any key" in page.find(id="confirm-empty").text
+    confirm = page.find("button", attrs={"name": "confirm_no_member_scopes"})
+    assert confirm is not None and confirm["value"] == "yes"
+    with app.app_context():
+        assert db.session.execute(select(Tenant)).scalar_one().member_scopes is None  # unsaved
+        assert not db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "policy.changed")
+        ).first()
+    saved = signed_in.post(
+        "/admin/policy", data={**data, "confirm_no_member_scopes": "yes"}, follow_redirects=True
+    )
+    assert "Members may grant no scope now" in saved.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.execute(select(Tenant)).scalar_one().member_scopes == ""
+    # and a member's New key form says why it is empty
+    create_user(app, "bob@example.com", role="member")
+    signed_in.post("/logout")
+    login(signed_in, "bob@example.com")
+    form = signed_in.get("/keys/new").get_data(as_text=True)
+    assert "lets members grant no scope" in form
+
+
+def test_a_members_form_leaves_out_admin_scopes_and_says_why(app, client, user):
+    create_user(app, "bob@example.com", role="member")
+    login(client, "bob@example.com")
+    page = BeautifulSoup(client.get("/keys/new").get_data(as_text=True), "html.parser")
+    offered = [b["value"] for b in page.find_all("input", attrs={"name": "scopes"})]
+    assert "admin:read" not in offered and "admin:write" not in offered
+    assert "api:read" in offered
+    assert "work only on an admin" in page.find(id="scopes-hint").text
+    # the policy rules stay as they are: posting one anyway is not refused by the form
+    response = client.post(
+        "/keys/new", data={"name": "m", "scopes": ["admin:read"], "expires_in_days": "30"}
+    )
+    assert response.status_code == 200
 
 
 def test_policy_page_shows_defaults_and_saves_with_an_audit_event(app, signed_in):
@@ -81,11 +126,11 @@ def test_new_key_form_offers_only_what_the_policy_allows(app, client, user):
     set_policy(client, days=30, require=True, scopes=["api:read", "deploy:staging"])
     scopes, expiry = new_key_choices(client)
     assert len(scopes) == 12  # admins may grant every scope
-    assert expiry == ["7", "30"]  # no "never", nothing beyond 30 days
+    assert expiry == ["7", "30", "custom"]  # no "never", nothing beyond 30 days
     client.post("/logout")
     login(client, "bob@example.com")
     scopes, expiry = new_key_choices(client)
-    assert scopes == ["api:read", "deploy:staging"] and expiry == ["7", "30"]
+    assert scopes == ["api:read", "deploy:staging"] and expiry == ["7", "30", "custom"]
     response = client.post(
         "/keys/new", data={"name": "x", "scopes": ["deploy:production"], "expires_in_days": "30"}
     )
@@ -98,16 +143,46 @@ def test_new_key_form_offers_only_what_the_policy_allows(app, client, user):
     assert "policy requires every key to expire" in never.get_data(as_text=True)
 
 
-def test_portal_rotation_is_refused_with_the_rule(app, client, user):
+def test_portal_rotation_under_a_tightened_policy_offers_an_allowed_expiry(app, client, user):
+    """Issue 13.5: an old never-expiring key under "every key must expire, at most 30
+    days": rotating without a choice names the rule beside the expiry field, which offers
+    only what the policy allows; choosing one rotates."""
     old = issue_key(app, days=0, name="forever")  # issued before the policy
     login(client)
     set_policy(client, require=True)
-    key_id = old.split("_")[1]
-    response = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1"}, follow_redirects=1)
-    assert "policy requires every key to expire" in response.get_data(as_text=True)
     set_policy(client, days=30)
-    response = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1"}, follow_redirects=1)
-    assert "limits key lifetime to 30 days" in response.get_data(as_text=True)
+    key_id = old.split("_")[1]
+    page = BeautifulSoup(client.get(f"/keys/{key_id}").get_data(as_text=True), "html.parser")
+    box = page.find("select", attrs={"name": "expires_in_days"})
+    offered = [o["value"] for o in box.find_all("option")]
+    assert offered == ["7", "30"]  # no "same as now (never)", no "never"
+    assert box.find("option", selected=True)["value"] == "30"
+    refused = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1"})
+    assert refused.status_code == 400
+    error = BeautifulSoup(refused.get_data(as_text=True), "html.parser").find(
+        id="expires_in_days-error"
+    )
+    assert "no longer allows this key's lifetime" in error.text
+    assert error is not None and "choose how long the new key lives" in error.text
+    done = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1", "expires_in_days": "30"})
+    assert done.status_code == 200 and "new-key-secret" in done.get_data(as_text=True)
+    with app.app_context():
+        new = db.session.execute(select(ApiKey).where(ApiKey.rotated_from == key_id)).scalar_one()
+        assert round((new.expires_at - new.created_at).total_seconds() / 86400) == 30
+
+
+def test_portal_rotation_keeps_the_old_lifetime_where_the_policy_allows(app, client, user):
+    old = issue_key(app, days=90, name="quarterly")
+    login(client)
+    key_id = old.split("_")[1]
+    page = BeautifulSoup(client.get(f"/keys/{key_id}").get_data(as_text=True), "html.parser")
+    box = page.find("select", attrs={"name": "expires_in_days"})
+    assert box.find("option", selected=True).text == "Same as the old key (90 days)"
+    done = client.post(f"/keys/{key_id}/rotate", data={"grace_hours": "1", "expires_in_days": ""})
+    assert done.status_code == 200
+    with app.app_context():
+        new = db.session.execute(select(ApiKey).where(ApiKey.rotated_from == key_id)).scalar_one()
+        assert round((new.expires_at - new.created_at).total_seconds() / 86400) == 90
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ def test_usage_chart_counts_real_api_calls_without_a_write_per_request(app, sign
         bars = soup.select("svg rect.bar")
         assert len(bars) == 30
         today = utcnow().date().isoformat()
-        assert bars[-1].find("title").get_text() == f"{today}: 6"
+        assert bars[-1].find("title").get_text() == f"{today}: 6 requests"
         assert float(bars[-1]["height"]) > 0 and float(bars[0]["height"]) == 0
         assert "127.0.0.1" in soup.get_text()  # last addresses
         assert "key.used_from_new_ip" in html and "key.issued" in html  # the key's events

@@ -186,8 +186,12 @@ def test_rotated_key_works_in_grace_then_reads_rotated(app, owner):
     keys.rotate_key(key=old, grace_hours=2, now=NOW, actor=CLI)
     db.session.commit()
     assert old.revoked_at == NOW + timedelta(hours=2)
-    assert keys.status_of(old, NOW + timedelta(hours=1)) == "expiring"
+    # rotated from the moment of rotation (issue 13.3), still working until its grace ends
+    assert keys.status_of(old, NOW) == "rotated"
+    assert keys.status_of(old, NOW + timedelta(hours=1)) == "rotated"
     assert keys.status_of(old, NOW + timedelta(hours=2)) == "rotated"
+    # its effective end of life is the grace end, not its old expiry
+    assert keys.key_json(old, NOW)["expires_at"] == int((NOW + timedelta(hours=2)).timestamp())
     assert keys.status_of(old, NOW + timedelta(days=3)) == "rotated"
     assert keys.key_json(old, NOW + timedelta(hours=1))["revoked"] is False
     assert keys.key_json(old, NOW + timedelta(hours=3))["revoked"] is True

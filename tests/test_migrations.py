@@ -24,6 +24,7 @@ TABLES = {
     "invites",
     "user_sessions",
     "password_resets",
+    "form_submissions",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(

@@ -44,8 +44,8 @@ def test_new_key_form_offers_name_scopes_and_expiry_choices(signed_in):
     for box in boxes:  # every checkbox has a label
         assert page.find("label", attrs={"for": box["id"]}) is not None
     options = page.find("select", attrs={"name": "expires_in_days"}).find_all("option")
-    assert [o["value"] for o in options] == ["7", "30", "90", "365", "0"]
-    assert [o.get_text() for o in options][-1] == "Never"
+    assert [o["value"] for o in options] == ["7", "30", "90", "365", "0", "custom"]
+    assert [o.get_text() for o in options][-2:] == ["Never", "A date of your choice"]
 
 
 def test_created_key_is_shown_once_with_no_store_and_a_warning(app, signed_in):
@@ -299,7 +299,7 @@ def test_tenant_policy_limits_the_form_for_members(app, client):
     boxes = page.find_all("input", attrs={"type": "checkbox", "name": "scopes"})
     assert [b["value"] for b in boxes] == ["api:read", "keys:read"]
     options = page.find("select", attrs={"name": "expires_in_days"}).find_all("option")
-    assert [o["value"] for o in options] == ["7", "30", "90", "365"]
+    assert [o["value"] for o in options] == ["7", "30", "90", "365", "custom"]
     refused = create(client, scopes=["api:read", "admin:all"])
     assert refused.status_code == 400
     assert "admin:all" in error_beside(soup(refused), "scopes")

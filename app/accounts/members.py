@@ -37,7 +37,7 @@ class MemberRow:
 
 
 def list_members(*, tenant: Tenant, now: datetime) -> list[MemberRow]:
-    from app.admin.inventory import working
+    from app.keys.status import working
 
     working_keys = (
         select(func.count())
@@ -63,7 +63,7 @@ def list_members(*, tenant: Tenant, now: datetime) -> list[MemberRow]:
 
 def count_working_keys(*, user: User, now: datetime) -> int:
     """How many of the user's keys work right now (what deactivating them would revoke)."""
-    from app.admin.inventory import working
+    from app.keys.status import working
 
     return db.session.execute(
         select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user.id, working(now))
@@ -127,7 +127,8 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
 
     Returns how many keys were revoked.
     """
-    from app.admin.inventory import record_key_revocations, working
+    from app.keys.service import record_key_revocations
+    from app.keys.status import working
 
     if user.tenant_id != tenant.id:
         raise NotFound("No such member")

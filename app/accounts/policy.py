@@ -7,7 +7,7 @@ the API or the CLI (all go through keys.service.issue_key / rotate_key).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from app import audit
 from app.audit import Actor
@@ -50,17 +50,49 @@ def check_new_key(
 ) -> None:
     """Raise PolicyViolation naming the rule a new key (or rotation) breaks."""
     if expires_in_days == 0 and tenant.require_expiry:
-        raise PolicyViolation("Your organization's policy requires every key to expire")
+        raise PolicyViolation(
+            "Your organization's policy requires every key to expire", field="expires_in_days"
+        )
     limit = tenant.max_key_lifetime_days
     if limit and (expires_in_days == 0 or expires_in_days > limit):
-        raise PolicyViolation(f"Your organization's policy limits key lifetime to {limit} days")
+        raise PolicyViolation(
+            f"Your organization's policy limits key lifetime to {limit} days",
+            field="expires_in_days",
+        )
+    check_scopes(tenant=tenant, user=user, scopes=scopes)
+
+
+def check_scopes(*, tenant: Tenant, user: User, scopes: Iterable[str]) -> None:
     if not user.is_admin:
         allowed = set(member_scope_list(tenant))
         refused = [s for s in scopes if s not in allowed]
         if refused:
             raise PolicyViolation(
-                "Your organization's policy does not let members grant: " + ", ".join(refused)
+                "Your organization's policy does not let members grant: " + ", ".join(refused),
+                field="scopes",
             )
+
+
+def check_expiry(
+    *, tenant: Tenant, created_at: datetime, expires_at: datetime | None, field: str
+) -> None:
+    """An edited expiry: the same rules as for a new key, the lifetime counted from the
+    key's creation (a maximum lifetime exists so that keys get rotated, not extended)."""
+    if expires_at is None and tenant.require_expiry:
+        raise PolicyViolation("Your organization's policy requires every key to expire", field)
+    limit = tenant.max_key_lifetime_days
+    if limit and (expires_at is None or expires_at - created_at > timedelta(days=limit)):
+        raise PolicyViolation(
+            f"Your organization's policy limits key lifetime to {limit} days from its creation",
+            field,
+        )
+
+
+def allows_lifetime(tenant: Tenant, days: int) -> bool:
+    """May a new key (or a rotation's successor) live `days` days (0 = never expire)?"""
+    if days == 0:
+        return not (tenant.require_expiry or tenant.max_key_lifetime_days)
+    return not tenant.max_key_lifetime_days or days <= tenant.max_key_lifetime_days
 
 
 def update_policy(

@@ -23,6 +23,7 @@ from app.clock import to_unix
 from app.errors import InvalidInput
 from app.extensions import db
 from app.models import AuditEvent
+from app.params import whole_number
 
 PAGE_SIZE = 50
 EXPORT_CHUNK = 1000
@@ -60,34 +61,82 @@ class EventFilter:
 # The dates a filter may name. 'to' is inclusive, so the query runs to the next midnight:
 # 9999-12-31 has none (date.max + 1 day overflows), and no event predates Unix time.
 FIRST_DATE, LAST_DATE = date(1970, 1, 1), date(9998, 12, 31)
+# How /admin/audit labels its filters: a page's refusal names the field as the page shows it.
+PAGE_LABELS = {"action": "Action", "actor": "Actor", "from": "From", "to": "To",
+               "format": "Export format", "before": "Page"}  # fmt: skip
+# Every action Keydesk records (what `?action=` may name), beside those a tenant's own log
+# holds (events written by features added later are found there).
+ACTIONS = (
+    "auth.login", "auth.login_failed", "client_key.issued", "invite.accepted",
+    "invite.created", "invite.revoked", "key.allowed_ips_changed", "key.issued",
+    "key.leaked", "key.revoked", "key.rotated", "key.updated", "key.used_from_new_ip",
+    "keys.bulk_revoked", "member.deactivated", "member.role_changed", "policy.changed",
+    "resource.created", "resource.deleted", "seed.keys_created", "tenant.created",
+    "user.created",
+)  # fmt: skip
+EXPORT_FORMATS = ("csv", "json")
 
 
-def _date(args: Mapping[str, str], name: str) -> date | None:
+def _date(args: Mapping[str, str], name: str, label: str) -> date | None:
     raw = (args.get(name) or "").strip()
     if not raw:
         return None
     try:
         day = date.fromisoformat(raw)
     except ValueError:
-        raise InvalidInput(f"'{name}' must be a date like 2026-01-31", name) from None
+        raise InvalidInput(f"{label} must be a date like 2026-01-31", name) from None
     if not FIRST_DATE <= day <= LAST_DATE:
         raise InvalidInput(
-            f"'{name}' must be a date from {FIRST_DATE.isoformat()} to {LAST_DATE.isoformat()}",
+            f"{label} must be a date from {FIRST_DATE.isoformat()} to {LAST_DATE.isoformat()}",
             name,
         )
     return day
 
 
-def parse_filter(args: Mapping[str, str]) -> EventFilter:
+def parse_filter(
+    args: Mapping[str, str],
+    *,
+    tenant_id: int | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> EventFilter:
+    """The log's filters; InvalidInput names the bad one (by its label in `labels`) and the
+    values it takes. With tenant_id, `action` must be one Keydesk records or one in that
+    tenant's log (an unknown action is refused, not answered with nothing)."""
+
+    def label(name: str) -> str:
+        return (labels or {}).get(name, name)
+
     f = EventFilter(
         action=(args.get("action") or "").strip()[:64] or None,
         actor=(args.get("actor") or "").strip()[:300] or None,
-        date_from=_date(args, "from"),
-        date_to=_date(args, "to"),
+        date_from=_date(args, "from", label("from")),
+        date_to=_date(args, "to", label("to")),
     )
     if f.date_from and f.date_to and f.date_from > f.date_to:
-        raise InvalidInput("'from' must not be after 'to'", "from")
+        raise InvalidInput(f"{label('from')} must not be after {label('to')}", "from")
+    if f.action is not None and tenant_id is not None:
+        known = sorted(set(ACTIONS) | set(known_actions(tenant_id=tenant_id)))
+        if f.action not in known:
+            if labels:  # a page: its Action list shows them all; a shorter message reads better
+                raise InvalidInput(
+                    f"{label('action')} must be one of the actions in its list"
+                    f" (such as auth.login or key.issued), not “{f.action[:40]}”",
+                    "action",
+                )
+            raise InvalidInput(f"action must be one of: {', '.join(known)}", "action")
     return f
+
+
+def parse_cursor(raw: str | None, label: str = "cursor", name: str = "cursor") -> int | None:
+    """A page cursor (an event id) or None; InvalidInput naming it otherwise."""
+    if raw is None or not raw.strip():
+        return None
+    value = whole_number(raw, low=1, high=2**31 - 1)  # event ids fit PostgreSQL's integer
+    if value is None:
+        raise InvalidInput(
+            f"{label} is not valid; use the link or next_cursor of the previous page", name
+        )
+    return value
 
 
 def _start_of(day: date) -> datetime:
@@ -144,9 +193,24 @@ def event_json(event: AuditEvent) -> dict:
         "user_agent": event.user_agent,
         "target_type": event.target_type,
         "target": event.target,
-        "details": json.loads(event.details or "{}"),
+        "details": unix_times(json.loads(event.details or "{}")),
         "created_at": to_unix(event.created_at),
     }
+
+
+def unix_times(value):
+    """Times in details as Unix seconds, as everywhere in JSON: events written before
+    audit.record stored them so hold them as text ("2026-12-31 07:36:33.420590+00:00")."""
+    if isinstance(value, dict):
+        return {k: unix_times(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unix_times(v) for v in value]
+    if isinstance(value, str) and _ISO_TIME.fullmatch(value) and value[-6:] in ("+00:00",):
+        try:
+            return to_unix(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return value
 
 
 def iter_events(*, tenant_id: int, filters: EventFilter) -> Iterator[AuditEvent]:
@@ -181,7 +245,7 @@ def export_csv(events: Iterator[AuditEvent]) -> Iterator[str]:
     for event in events:
         data = event_json(event)
         data["created_at"] = event.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        data["details"] = event.details
+        data["details"] = json.dumps(data["details"], sort_keys=True, separators=(",", ":"))
         writer.writerow([_csv_safe(data[name]) for name in CSV_FIELDS])
         if buffer.tell() > 16384:
             yield buffer.getvalue()
@@ -210,9 +274,14 @@ def export_json(events: Iterator[AuditEvent]) -> Iterator[str]:
 _ISO_TIME = re.compile(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d)(:\d\d(\.\d+)?)?(\+00:00|Z)?")
 
 
-def _shown(value, limit: int = 80) -> str:
+def _shown(value, limit: int = 80, name: str = "") -> str:
     if isinstance(value, str) and (stamp := _ISO_TIME.fullmatch(value)):
         return f"{stamp[1]} {stamp[2]} UTC"  # as the rest of the page writes times
+    if name.endswith("_at") and isinstance(value, int) and not isinstance(value, bool):
+        try:  # a time in Unix seconds, as audit.record stores them
+            return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        except (OverflowError, OSError, ValueError):
+            return str(value)
     if isinstance(value, bool) or value is None:
         text = json.dumps(value)
     elif isinstance(value, list):
@@ -238,10 +307,9 @@ def readable_details(raw: str | None) -> list[tuple[str, str]]:
     if isinstance(before, dict) and isinstance(after, dict):
         for name in [*before, *(k for k in after if k not in before)]:
             if before.get(name) != after.get(name):
-                out.append(
-                    (name, f"{_shown(before.get(name), 40)} → {_shown(after.get(name), 40)}")
-                )
+                old, new = _shown(before.get(name), 40, name), _shown(after.get(name), 40, name)
+                out.append((name, f"{old} → {new}"))
     elif before is not None or after is not None:
         out.append(("change", f"{_shown(before, 40)} → {_shown(after, 40)}"))
-    out.extend((name, _shown(value)) for name, value in data.items())
+    out.extend((name, _shown(value, name=name)) for name, value in data.items())
     return out

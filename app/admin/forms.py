@@ -1,8 +1,9 @@
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, IntegerField, SelectField
+from wtforms import BooleanField, EmailField, HiddenField, IntegerField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
+from app import once
 from app.auth.forms import new_password_fields
 from app.keys.scopes import ALL_SCOPES
 from app.portal.forms import MultiCheckboxField
@@ -23,10 +24,13 @@ class PolicyForm(FlaskForm):
         choices=[SelectChoice(s, s) for s in ALL_SCOPES],
         description="Admins may always grant every scope.",
     )
+    # "yes" once the admin confirmed that members may grant no scope (and so create no key).
+    confirm_no_member_scopes = HiddenField()
 
 
 class InviteForm(FlaskForm):
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    submission = once.token_field()  # create once: the same form again shows what it made
 
 
 class RoleForm(FlaskForm):

@@ -4,7 +4,8 @@ Every filter is a SQL condition over api_keys (no row is loaded to be filtered i
 Python), every query starts from `tenant_id = ?`, and each sort order is the
 second column of one of the ix_api_keys_tenant_* indexes, so a page of 50 among
 100,000 keys is an index range scan that stops after 50 rows (plus the offset).
-The status conditions mirror keys.service.status_of exactly; tests hold them to it.
+The status conditions are app/keys/status.py's, which mirror its status_of exactly;
+tests hold them to it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ from app.audit import Actor
 from app.errors import InvalidInput
 from app.extensions import db
 from app.keys.scopes import ALL_SCOPES
-from app.keys.service import EXPIRING_WITHIN
+from app.keys.service import record_key_revocations
+from app.keys.status import (  # noqa: F401 (working: the name the admin pages long used)
+    STATUSES,
+    end_of,
+    needs_renewal,
+    status_condition,
+    status_of,
+    working,
+)
 from app.models import ApiKey, User
 from app.params import whole_number
 
 PAGE_SIZE = 50
-STATUSES = ("active", "expiring", "expired", "revoked", "rotated", "leaked")
 SORTS = {
     "created": ApiKey.created_at,
     "expires": ApiKey.expires_at,
@@ -79,90 +87,73 @@ class KeyFilter:
         )
 
 
-def _days(args: Mapping[str, str], name: str) -> int | None:
+# The query parameters parse_filter reads (SPEC's filters plus sorting).
+FILTER_NAMES = (
+    "status", "owner", "scope", "expiring_within_days", "unused_for_days", "q", "sort", "dir",
+)  # fmt: skip
+# How /admin/keys labels them: a page's refusal names the field as the page shows it.
+PAGE_LABELS = {
+    "status": "Status", "owner": "Owner (email)", "scope": "Scope",
+    "expiring_within_days": "Expiring within (days)", "unused_for_days": "Unused for (days)",
+    "q": "Name contains", "sort": "Sort", "dir": "Sort direction", "page": "Page",
+}  # fmt: skip
+
+
+def _days(args: Mapping[str, str], name: str, label: str) -> int | None:
     raw = (args.get(name) or "").strip()
     if not raw:
         return None
     days = whole_number(raw, high=MAX_DAYS)
     if days is None:
-        raise InvalidInput(f"{name} must be a whole number of days from 0 to {MAX_DAYS}", name)
+        raise InvalidInput(f"{label} must be a whole number of days from 0 to {MAX_DAYS}", name)
     return days
 
 
-# The query parameters parse_filter reads (SPEC's filters plus sorting).
-FILTER_NAMES = (
-    "status", "owner", "scope", "expiring_within_days", "unused_for_days", "q", "sort", "dir",
-)  # fmt: skip
+def parse_filter(args: Mapping[str, str], labels: Mapping[str, str] | None = None) -> KeyFilter:
+    """Read the SPEC's query filters; InvalidInput names the bad one (its `field` the
+    parameter, its message the parameter's label in `labels`, by default its name) and the
+    values it takes."""
 
+    def label(name: str) -> str:
+        return (labels or {}).get(name, name)
 
-def parse_filter(args: Mapping[str, str]) -> KeyFilter:
-    """Read the SPEC's query filters; InvalidInput names the bad one."""
     status = (args.get("status") or "").strip() or None
     if status is not None and status not in STATUSES:
-        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", "status")
+        raise InvalidInput(f"{label('status')} must be one of: {', '.join(STATUSES)}", "status")
     scope = (args.get("scope") or "").strip() or None
     if scope is not None and scope not in ALL_SCOPES:
-        raise InvalidInput(f"Unknown scope: {scope}", "scope")
+        raise InvalidInput(
+            f"{label('scope')} must be one of: {', '.join(ALL_SCOPES)} (not {scope[:40]})",
+            "scope",
+        )
     owner = (args.get("owner") or "").strip().lower() or None
     q = (args.get("q") or "").strip()[:100] or None
     sort = (args.get("sort") or "created").strip()
     if sort not in SORTS:
-        raise InvalidInput(f"sort must be one of {', '.join(SORTS)}", "sort")
+        raise InvalidInput(f"{label('sort')} must be one of: {', '.join(SORTS)}", "sort")
     direction = (args.get("dir") or DEFAULT_DIRECTION[sort]).strip()
     if direction not in ("asc", "desc"):
-        raise InvalidInput("dir must be asc or desc", "dir")
+        raise InvalidInput(f"{label('dir')} must be asc or desc", "dir")
     return KeyFilter(
         status=status,
         owner=owner,
         scope=scope,
-        expiring_within_days=_days(args, "expiring_within_days"),
-        unused_for_days=_days(args, "unused_for_days"),
+        expiring_within_days=_days(args, "expiring_within_days", label("expiring_within_days")),
+        unused_for_days=_days(args, "unused_for_days", label("unused_for_days")),
         q=q,
         sort=sort,
         direction=direction,
     )
 
 
-# --- status as SQL (mirrors keys.service.status_of) ---------------------------------
-
-
-def _not_stopped(now: datetime) -> ColumnElement[bool]:
-    """Not (yet) revoked: never revoked, or rotated and still in its grace period."""
-    return or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > now)
-
-
-def _not_expired(now: datetime) -> ColumnElement[bool]:
-    return or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
-
-
-def working(now: datetime) -> ColumnElement[bool]:
-    """Keys that authenticate right now (status active or expiring)."""
-    return and_(_not_stopped(now), _not_expired(now))
-
-
-def status_condition(status: str, now: datetime) -> ColumnElement[bool]:
-    stopped = ApiKey.revoked_at <= now
-    soon = now + EXPIRING_WITHIN
-    if status in ("rotated", "leaked"):
-        return and_(stopped, ApiKey.revoke_reason == status)
-    if status == "revoked":
-        return and_(
-            stopped,
-            or_(ApiKey.revoke_reason.is_(None), ApiKey.revoke_reason.not_in(["rotated", "leaked"])),
-        )
-    if status == "expired":
-        return and_(_not_stopped(now), ApiKey.expires_at <= now)
-    if status == "expiring":
-        return and_(
-            working(now),
-            or_(ApiKey.revoked_at.is_not(None), ApiKey.expires_at <= soon),
-        )
-    if status == "active":
-        return and_(
-            ApiKey.revoked_at.is_(None),
-            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > soon),
-        )
-    raise InvalidInput(f"Unknown status: {status}", "status")
+def parse_page(raw: str | None, label: str = "page") -> int:
+    """A page number (1 when absent); InvalidInput naming it otherwise."""
+    if raw is None or not raw.strip():
+        return 1
+    page = whole_number(raw, low=1, high=10**6)
+    if page is None:
+        raise InvalidInput(f"{label} must be a whole number from 1 to 1000000", "page")
+    return page
 
 
 def _owner_ids(email: str):
@@ -182,8 +173,8 @@ def conditions(*, tenant_id: int, filters: KeyFilter, now: datetime) -> list[Col
         padded = literal(" ") + ApiKey.scopes + literal(" ")
         conds.append(padded.like(f"% {f.scope} %"))
     if f.expiring_within_days is not None:
-        conds.append(working(now))
-        conds.append(ApiKey.expires_at <= now + timedelta(days=f.expiring_within_days))
+        # The banner's and the reminder's question too: within 7 days, exactly status=expiring.
+        conds.append(needs_renewal(now, timedelta(days=f.expiring_within_days)))
     if f.unused_for_days is not None:
         cutoff = now - timedelta(days=f.unused_for_days)
         # A key created yesterday and never used is not "unused for 30 days".
@@ -256,8 +247,6 @@ def key_page(
     *, tenant_id: int, filters: KeyFilter, now: datetime, page: int = 1, per_page: int = PAGE_SIZE
 ) -> KeyPage:
     """One page of the tenant's keys with their owners' emails."""
-    from app.keys.service import status_of
-
     total = count_keys(tenant_id=tenant_id, filters=filters, now=now)
     pages = max(1, -(-total // per_page))
     page = min(max(1, page), pages)
@@ -276,12 +265,13 @@ def key_page(
         status = status_of(key, now)
         alive = status in ("active", "expiring")
         last = key.last_used_at or key.created_at
+        end = end_of(key)
         rows.append(
             KeyRow(
                 key=key,
                 owner=email,
                 status=status,
-                expiring_soon=alive and key.expires_at is not None and key.expires_at <= soon,
+                expiring_soon=alive and end is not None and end <= soon,
                 unused=alive and last <= stale,
             )
         )
@@ -331,19 +321,3 @@ def revoke_matching(
     )
     db.session.expire_all()
     return revoked
-
-
-def record_key_revocations(
-    revoked: list, *, tenant_id: int, now: datetime, actor: Actor, reason: str
-) -> None:
-    """One `key.revoked` audit event per (key_id, name), in one batch."""
-    if not revoked:
-        return  # nothing to chain: do not take the chain lock
-    audit.record_many(
-        "key.revoked",
-        ((key_id, {"name": name, "reason": reason}) for key_id, name in revoked),
-        actor=actor,
-        now=now,
-        tenant_id=tenant_id,
-        target_type="key",
-    )

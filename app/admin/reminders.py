@@ -15,8 +15,8 @@ from itertools import groupby
 
 from sqlalchemy import or_, select, update
 
-from app.admin.inventory import working
 from app.extensions import db
+from app.keys.status import end_of, needs_renewal
 from app.models import ApiKey, User
 
 
@@ -37,8 +37,9 @@ class Reminder:
             "",
         ]
         for key in self.keys:
-            days = max(0, -(-int((key.expires_at - now).total_seconds()) // 86400))
-            when = key.expires_at.strftime("%Y-%m-%d %H:%M UTC")
+            end = end_of(key)  # the effective end of life, as every page shows it
+            days = max(0, -(-int((end - now).total_seconds()) // 86400))
+            when = end.strftime("%Y-%m-%d %H:%M UTC")
             plural = "" if days == 1 else "s"
             lines.append(f"- {key.name} ({key.key_id}): expires {when} (in {days} day{plural})")
         lines += ["", "You get this email once a day while a key is about to expire."]
@@ -47,15 +48,15 @@ class Reminder:
 
 
 def due_reminders(*, within_days: int, now: datetime) -> list[Reminder]:
-    """Owners with working keys expiring within `within_days` not yet reminded today."""
+    """Owners with working, not yet rotated keys ending within `within_days` (the keys the
+    portal's banner lists, and with 7 days those of status `expiring`), not yet reminded
+    today."""
     start_of_day = datetime.combine(now.date(), time.min, UTC)
     rows = db.session.execute(
         select(ApiKey, User.email)
         .join(User, User.id == ApiKey.user_id)
         .where(
-            working(now),
-            ApiKey.expires_at.is_not(None),
-            ApiKey.expires_at <= now + timedelta(days=within_days),
+            needs_renewal(now, timedelta(days=within_days)),
             User.deactivated_at.is_(None),
             or_(ApiKey.reminded_at.is_(None), ApiKey.reminded_at < start_of_day),
         )

@@ -15,6 +15,7 @@ from flask import (
 )
 from flask_login import current_user
 
+from app import once
 from app.accounts import members as members_service
 from app.accounts import policy
 from app.admin import auditlog, bp, inventory
@@ -28,16 +29,11 @@ from app.keys import service as keys
 from app.keys.history import key_events, recent_ips
 from app.keys.usage import usage_by_day
 from app.mail import MailError, mail_configured, send_configured, sender_address
-from app.params import db_id, whole_number
 from app.web import NO_STORE, csrf_failed, public_url
 from app.web_actor import request_actor
 
 log = logging.getLogger(__name__)
 bp.add_app_template_filter(auditlog.readable_details, "readable_details")
-
-
-def _page_number() -> int:
-    return whole_number(request.args.get("page"), low=1, high=10**6) or 1
 
 
 def _tenant_key(key_id: str):
@@ -53,14 +49,16 @@ def _tenant_key(key_id: str):
 @bp.get("/keys", endpoint="keys")
 def keys_inventory():
     now = utcnow()
+    labels = inventory.PAGE_LABELS
     try:
-        filters = inventory.parse_filter(request.args)
+        filters = inventory.parse_filter(request.args, labels)
+        page_number = inventory.parse_page(request.args.get("page"), labels["page"])
     except InvalidInput as exc:
-        filters, error = inventory.KeyFilter(), str(exc)
+        filters, error, page_number = inventory.KeyFilter(), str(exc), 1
     else:
         error = None
     page = inventory.key_page(
-        tenant_id=current_user.tenant_id, filters=filters, now=now, page=_page_number()
+        tenant_id=current_user.tenant_id, filters=filters, now=now, page=page_number
     )
     html = render_template(
         "admin/keys.html", page=page, filters=filters, error=error, now=now, form=ConfirmForm()
@@ -74,7 +72,7 @@ def revoke_matching():
     """Incident revoke: every working key matching the filter, after a confirmation page."""
     now = utcnow()
     try:
-        filters = inventory.parse_filter(request.args)
+        filters = inventory.parse_filter(request.args, inventory.PAGE_LABELS)
     except InvalidInput as exc:
         flash(str(exc), "error")
         return redirect(url_for("admin.keys"))
@@ -158,6 +156,14 @@ def policy_page():
         form.max_key_lifetime_days.data = tenant.max_key_lifetime_days or 0
         form.require_expiry.data = bool(tenant.require_expiry)
         form.member_scopes.data = policy.member_scope_list(tenant)
+    elif (
+        form.validate_on_submit()
+        and not form.member_scopes.data
+        and form.confirm_no_member_scopes.data != "yes"
+    ):
+        # No scope for members means no key for members: ask before saving that.
+        html = render_template("admin/policy.html", form=form, tenant=tenant, confirm_empty=True)
+        return html, 200
     elif form.validate_on_submit():
         try:
             policy.update_policy(
@@ -174,6 +180,8 @@ def policy_page():
         else:
             db.session.commit()
             flash("Policy saved. It applies to new keys and rotations from now on.", "success")
+            if not form.member_scopes.data:
+                flash("Members may grant no scope now, so they cannot create keys.", "warning")
             return redirect(url_for("admin.policy"))
     status = 400 if form.errors else 200
     return render_template("admin/policy.html", form=form, tenant=tenant), status
@@ -182,7 +190,7 @@ def policy_page():
 # --- members ------------------------------------------------------------------------
 
 
-def _members_page(invite_form=None, *, issued=None, mailed=False, status=200):
+def _members_page(invite_form=None, *, issued=None, mailed=False, status=200, already_invited=None):
     now = utcnow()
     tenant = current_user.tenant
     html = render_template(
@@ -198,6 +206,7 @@ def _members_page(invite_form=None, *, issued=None, mailed=False, status=200):
         resent=bool(issued and issued.resent),
         mailed=mailed,
         mail_configured=mail_configured(),
+        already_invited=already_invited,
         now=now,
     )
     # The invite link is a credential shown once: never cache this page anywhere.
@@ -218,6 +227,19 @@ def _members_form_page(**_view_args) -> str:
     return url_for("admin.members")
 
 
+def _already_invited(form):
+    """The same invitation form again (a reload, Back then Forward): show what it created."""
+    try:
+        done = once.already_done(
+            token=form.submission.data, user_id=current_user.id, purpose="invite"
+        )
+    except InvalidInput as exc:
+        abort(400, str(exc))
+    if done is None:
+        return None
+    return _members_page(already_invited=done)  # done.result: the invited address
+
+
 @bp.post("/members/invite")
 @sudo_required(form_page=_members_form_page)
 def invite():
@@ -225,6 +247,8 @@ def invite():
     configured the link goes to that address only and the admin never sees it: an admin
     could otherwise claim any address, or learn from the link whether it has an account."""
     form = InviteForm()
+    if (shown := _already_invited(form)) is not None:
+        return shown
     if not form.validate_on_submit():
         if csrf_failed(form):
             abort(400)
@@ -242,6 +266,14 @@ def invite():
         db.session.rollback()
         form.email.errors.append(str(exc))
         return _members_page(form, status=400)
+    try:
+        once.remember(
+            token=form.submission.data, user_id=current_user.id, purpose="invite",
+            result=issued.invite.email, now=now,
+        )  # fmt: skip
+    except once.AlreadySubmitted:
+        db.session.rollback()
+        return _already_invited(form)
     db.session.commit()  # before the mail: no transaction (SQLite's write lock) held over SMTP
     if not mail_configured():
         return _members_page(issued=issued)
@@ -363,13 +395,17 @@ def revoke_invite(invite_id: int):
 @bp.get("/audit")
 def audit():
     tenant_id = current_user.tenant_id
+    labels = auditlog.PAGE_LABELS
     error = None
-    try:
-        filters = auditlog.parse_filter(request.args)
-    except InvalidInput as exc:
-        filters, error = auditlog.EventFilter(), str(exc)
     export = request.args.get("format")
-    if export in ("csv", "json") and error is None:
+    try:
+        filters = auditlog.parse_filter(request.args, tenant_id=tenant_id, labels=labels)
+        if export not in (None, "", "html", *auditlog.EXPORT_FORMATS):
+            raise InvalidInput(f"{labels['format']} must be csv or json", "format")
+        before = auditlog.parse_cursor(request.args.get("before"), labels["before"], "before")
+    except InvalidInput as exc:
+        filters, error, before = auditlog.EventFilter(), str(exc), None
+    if export in auditlog.EXPORT_FORMATS and error is None:
         events = auditlog.iter_events(tenant_id=tenant_id, filters=filters)
         stamp = utcnow().strftime("%Y%m%d-%H%M%S")
         if export == "csv":
@@ -384,9 +420,6 @@ def audit():
                 "Cache-Control": "no-store",
             },
         )
-    if export not in (None, "", "html", "csv", "json"):
-        error = "format must be csv or json"
-    before = db_id(request.args.get("before"))
     events, next_cursor = auditlog.events_page(tenant_id=tenant_id, filters=filters, before=before)
     html = render_template(
         "admin/audit.html",

@@ -16,7 +16,7 @@ from app.clock import utcnow
 from app.errors import Forbidden, InvalidInput
 from app.extensions import db
 from app.keys import service as keys
-from app.params import db_id, whole_number
+from app.params import whole_number
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 KEYS_PER_PAGE, MAX_KEYS_PER_PAGE = 100, 1000
@@ -86,11 +86,8 @@ def audit_events(slug: str):
     """Newest first; `next_cursor` is opaque to callers (today: the last event's id)."""
     tenant = _admin_tenant(slug)
     limit = _int_arg("limit", DEFAULT_LIMIT, MAX_LIMIT)
-    cursor_raw = request.args.get("cursor")
-    cursor = db_id(cursor_raw)
-    if cursor_raw is not None and cursor is None:
-        raise InvalidInput("cursor is not valid; use next_cursor from the previous page", "cursor")
-    filters = auditlog.parse_filter(request.args)
+    cursor = auditlog.parse_cursor(request.args.get("cursor"))
+    filters = auditlog.parse_filter(request.args, tenant_id=tenant.id)
     events, next_cursor = auditlog.events_page(
         tenant_id=tenant.id,
         filters=filters,

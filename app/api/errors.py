@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from flask import Flask, jsonify, request
@@ -56,6 +57,16 @@ def challenge(error: str | None = None, description: str | None = None, scope: s
     if scope:
         parts.append(f'scope="{scope}"')
     return ", ".join(parts)
+
+
+def _with_field(response, field: str | None):
+    """A refusal names the input it concerns in `field` (the exception carries it), so a
+    client can point at it without parsing the description."""
+    if field:
+        response.set_data(
+            json.dumps({**json.loads(response.get_data()), "field": field}, separators=(",", ":"))
+        )
+    return response
 
 
 def forbidden(description: str):
@@ -129,11 +140,11 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(InvalidInput)
     def _invalid(exc: InvalidInput):
-        return error_response(400, "invalid_request", str(exc))
+        return _with_field(error_response(400, "invalid_request", str(exc)), exc.field)
 
     @app.errorhandler(PolicyViolation)
-    def _policy(exc):
-        return error_response(400, "policy_violation", str(exc))
+    def _policy(exc: PolicyViolation):
+        return _with_field(error_response(400, "policy_violation", str(exc)), exc.field)
 
     @app.errorhandler(Conflict)
     def _conflict(exc):

@@ -11,12 +11,13 @@ from flask import g, jsonify
 from app.api import bp
 from app.api.auth import require_scopes
 from app.api.common import field, json_body, key_actor, key_owner, string_list
-from app.clock import utcnow
+from app.clock import from_unix, utcnow
 from app.errors import InvalidInput
 from app.extensions import db
 from app.keys import scopes as scope_rules
 from app.keys import service as keys
 from app.keys.authn import validate_allowed_ips
+from app.keys.status import effective_end
 from app.models import ApiKey
 
 DEFAULT_GRACE_HOURS = 24
@@ -26,6 +27,20 @@ def key_out(key: ApiKey, now) -> dict:
     data = keys.key_json(key, now)
     data["allowed_ips"] = key.allowed_ips.split() if key.allowed_ips else None
     return data
+
+
+def _caller_end() -> int | None:
+    """The calling key's effective end of life (expiry or grace end, whichever is first):
+    no key it creates, rotates or changes may outlive it."""
+    return effective_end(g.key.expires_at, g.key.revoked_at)
+
+
+def _allowed_ips(data: dict) -> str | None:
+    ips = string_list(data, "allowed_ips", default=None)
+    try:
+        return validate_allowed_ips(ips) if ips is not None else None
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="allowed_ips") from None
 
 
 def _created(key: ApiKey, full_key: str, now):
@@ -44,15 +59,12 @@ def create_key(slug: str):
     name = field(data, "name", str)
     scopes = string_list(data, "scopes")
     days = field(data, "expires_in_days", int, default=0)
-    ips = string_list(data, "allowed_ips", default=None)
-    try:
-        allowed_ips = validate_allowed_ips(ips) if ips is not None else None
-    except ValueError as exc:
-        raise InvalidInput(str(exc), field="allowed_ips") from None
+    description = field(data, "description", str, default=None)
+    allowed_ips = _allowed_ips(data)
     now = utcnow()
     allowed_ips = keys.limit_to_parent(
         parent_allowed_ips=g.key.allowed_ips,
-        parent_expires_at=g.key.expires_at,
+        parent_expires_at=_caller_end(),
         allowed_ips=allowed_ips,
         expires_in_days=days,
         now=now,
@@ -66,6 +78,7 @@ def create_key(slug: str):
         actor=key_actor(),
         granting_scopes=g.key.scopes,
         allowed_ips=allowed_ips,
+        description=description,
     )
     db.session.commit()
     return _created(key, full_key, now)
@@ -103,6 +116,8 @@ def rotate_key(slug: str, key_id: str):
     owner = key_owner(slug, g.key)
     data = json_body(required=False)
     grace_hours = field(data, "grace_hours", int, default=DEFAULT_GRACE_HOURS)
+    # None keeps the old key's lifetime, where the tenant policy still allows it.
+    days = field(data, "expires_in_days", int, default=None)
     key = keys.get_user_key(user=owner, key_id=key_id)
     # Rotation hands out a new secret with the old key's scopes: the same subset rule as create.
     refused = scope_rules.missing(g.key.scopes, key.scope_list)
@@ -117,13 +132,64 @@ def rotate_key(slug: str, key_id: str):
     # both must lie within the caller's own.
     keys.limit_to_parent(
         parent_allowed_ips=g.key.allowed_ips,
-        parent_expires_at=g.key.expires_at,
+        parent_expires_at=_caller_end(),
         allowed_ips=key.allowed_ips or keys.ANY_ADDRESS,
-        expires_in_days=keys.lifetime_days_of(key),
+        expires_in_days=keys.lifetime_days_of(key) if days is None else days,
         now=now,
     )
     new_key, full_key = keys.rotate_key(
-        key=key, grace_hours=grace_hours, now=now, actor=key_actor()
+        key=key, grace_hours=grace_hours, now=now, actor=key_actor(), expires_in_days=days
     )
     db.session.commit()
     return _created(new_key, full_key, now)
+
+
+EDITABLE = ("name", "description", "scopes", "expires_at", "allowed_ips")
+MAX_UNIX = 2**40  # year 36812: beyond any expiry, and far inside every integer type
+
+
+@bp.patch("/tenant/<slug>/api-keys/<key_id>")
+@require_scopes("keys:write")
+def update_key(slug: str, key_id: str):
+    """Change name, description, scopes, expiry or allow-list of one of the owner's keys,
+    under the creation rules: tenant policy, and nothing the calling key does not hold
+    itself (so no key can widen itself or another)."""
+    owner = key_owner(slug, g.key)
+    data = json_body()
+    unknown = sorted(set(data) - set(EDITABLE))
+    if unknown:
+        raise InvalidInput(
+            f"Unknown field: {unknown[0][:40]}; a key's editable fields are " + ", ".join(EDITABLE),
+            field=unknown[0][:40],
+        )
+    if not data:
+        raise InvalidInput("Send at least one of " + ", ".join(EDITABLE))
+    changes: dict = {}
+    if "name" in data:
+        changes["name"] = field(data, "name", str)
+    if "description" in data:
+        changes["description"] = field(data, "description", str, default=None)
+    if "scopes" in data:
+        changes["scopes"] = string_list(data, "scopes")
+    if "expires_at" in data:
+        stamp = field(data, "expires_at", int, default=None)
+        if stamp is not None and not 0 < stamp < MAX_UNIX:
+            raise InvalidInput(
+                "expires_at must be Unix seconds in the future, or null", field="expires_at"
+            )
+        changes["expires_at"] = from_unix(stamp)
+    if "allowed_ips" in data:
+        changes["allowed_ips"] = _allowed_ips(data)
+    key = keys.get_user_key(user=owner, key_id=key_id)
+    now = utcnow()
+    keys.update_key(
+        key=key,
+        now=now,
+        actor=key_actor(),
+        granting_scopes=g.key.scopes,
+        parent_expires_at=_caller_end(),
+        parent_allowed_ips=g.key.allowed_ips,
+        **changes,
+    )
+    db.session.commit()
+    return jsonify(key_out(key, now))

@@ -39,6 +39,7 @@ SCHEMAS: dict = {
                 " not_found, conflict, policy_violation, rate_limited, ...",
             },
             "error_description": {"type": "string"},
+            "field": {"type": "string", "description": "the input a 400 refusal concerns"},
         },
     },
     "Key": {
@@ -47,9 +48,14 @@ SCHEMAS: dict = {
         "properties": {
             "id": {"type": "string", "description": "the public key id"},
             "name": {"type": "string"},
+            "description": {"type": ["string", "null"]},
             "scopes": {"type": "array", "items": SCOPE},
             "created_at": UNIX,
-            "expires_at": UNIX_OR_NULL,
+            "expires_at": {
+                **UNIX_OR_NULL,
+                "description": "effective end of life: expiry, or the end of a rotation's"
+                " grace period when that comes first; null = never",
+            },
             "last_used": UNIX_OR_NULL,
             "revoked": {"type": "boolean"},
             "status": {"type": "string", "enum": STATUSES},
@@ -93,6 +99,7 @@ SCHEMAS: dict = {
         "required": ["name", "scopes"],
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "description": {"type": ["string", "null"], "maxLength": 100},
             "scopes": {
                 "type": "array",
                 "items": SCOPE,
@@ -123,7 +130,33 @@ SCHEMAS: dict = {
                 "maximum": 168,
                 "default": 24,
                 "description": "how long the old key keeps working",
-            }
+            },
+            "expires_in_days": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 3650,
+                "description": "the successor's lifetime (0 = never); omitted: the old key's"
+                " lifetime, where tenant policy still allows it",
+            },
+        },
+    },
+    "KeyUpdate": {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "description": "any of these; the rules of creation apply (tenant policy, and nothing"
+        " beyond the calling key's own scopes, lifetime and allow-list)",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "description": {"type": ["string", "null"], "maxLength": 100},
+            "scopes": {"type": "array", "items": SCOPE, "minItems": 1},
+            "expires_at": {**UNIX_OR_NULL, "description": "Unix seconds; null = never"},
+            "allowed_ips": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "maxItems": 50,
+                "description": "addresses or CIDR ranges; null = any address",
+            },
         },
     },
     "RevokeResult": {
@@ -438,7 +471,18 @@ def _paths() -> dict:
                 errors=AUTHED + (404,),
                 params=[SLUG, KEY_ID],
                 description=KEY_MGMT,
-            )
+            ),
+            "patch": _op(
+                "Change one of the caller's own keys (name, description, scopes, expiry,"
+                " allow-list)",
+                _ok(200, _ref("Key"), "the key as changed"),
+                scopes="keys:write",
+                errors=AUTHED + BODY + (404, 409),
+                body="KeyUpdate",
+                params=[SLUG, KEY_ID],
+                description=KEY_MGMT + " A key may not widen itself or another key beyond its"
+                " own scopes, lifetime and allow-list; tenant policy applies.",
+            ),
         },
         f"{keys}/{{key_id}}/revoke": {
             "post": _op(

@@ -4,6 +4,7 @@ from flask import g, jsonify
 
 from app.api import bp
 from app.api.auth import require_scopes
+from app.keys.status import effective_end
 
 
 @bp.get("/ping")
@@ -21,7 +22,7 @@ def me():
             "name": ctx.name,
             "scopes": sorted(ctx.scopes),
             "created_at": ctx.created_at,
-            "expires_at": ctx.expires_at,
+            "expires_at": effective_end(ctx.expires_at, ctx.revoked_at),  # grace end first
             "last_used": ctx.last_used_at,
         },
         user=None if ctx.user_email is None else {"email": ctx.user_email, "role": ctx.user_role},

@@ -16,6 +16,7 @@ from app.errors import InvalidInput, KeyExpired, KeyInvalid, KeyRevoked
 from app.extensions import db
 from app.keys.leaks import report_leak
 from app.keys.scopes import ALL_SCOPES
+from app.keys.status import effective_end
 
 REASONS = {KeyInvalid: "invalid", KeyExpired: "expired", KeyRevoked: "revoked"}
 
@@ -47,7 +48,7 @@ def verify_key():
         owner=ctx.user_email,
         tenant=ctx.tenant_slug,
         scopes=[s for s in ALL_SCOPES if s in ctx.scopes],
-        expires_at=ctx.expires_at,
+        expires_at=effective_end(ctx.expires_at, ctx.revoked_at),
         # So that a relying service can enforce the key's allow-list itself (null: any).
         allowed_ips=ctx.allowed_ips.split() if ctx.allowed_ips else None,
     )

@@ -19,6 +19,9 @@ ALL_SCOPES: tuple[str, ...] = (
     "admin:all",
 )
 SUPERSCOPE = "admin:all"
+# Scopes whose routes also need the key's owner to be a tenant admin: on a member's key
+# they allow nothing, so the member's New key form leaves them out.
+ADMIN_ONLY: tuple[str, ...] = ("admin:read", "admin:write")
 
 DESCRIPTIONS: dict[str, str] = {
     "api:read": "Read resources",

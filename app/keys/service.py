@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import or_, select, update
@@ -16,16 +16,19 @@ from sqlalchemy import or_, select, update
 from app import audit
 from app.accounts import policy
 from app.audit import Actor
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, PolicyViolation
 from app.extensions import db
 from app.keys import format as keyformat
 from app.keys import scopes as scope_rules
+from app.keys.status import EXPIRING_WITHIN, WORKING, end_of, status_of  # noqa: F401 (API)
 from app.models import ApiKey, User
-from app.names import clean_name
+from app.names import clean_name, clean_text
 
-EXPIRING_WITHIN = timedelta(days=7)
+UNSET: object = object()  # "not given" for update_key's optional fields
+
 MAX_EXPIRY_DAYS = 3650
 MAX_GRACE_HOURS = 168
+MAX_DESCRIPTION = 100  # SPEC: names and descriptions are 1-100 characters
 
 
 def pepper() -> bytes:
@@ -34,21 +37,6 @@ def pepper() -> bytes:
 
 def key_prefix() -> str:
     return current_app.config["KEYDESK_KEY_PREFIX"]
-
-
-def status_of(key: ApiKey, now: datetime) -> str:
-    """active | expiring | expired | revoked | rotated | leaked (SPEC's words)."""
-    if key.revoked_at is not None and key.revoked_at <= now:
-        if key.revoke_reason in ("rotated", "leaked"):
-            return key.revoke_reason
-        return "revoked"
-    if key.expires_at is not None and key.expires_at <= now:
-        return "expired"
-    if key.revoked_at is not None:  # rotated, still in its grace period
-        return "expiring"
-    if key.expires_at is not None and key.expires_at - now <= EXPIRING_WITHIN:
-        return "expiring"
-    return "active"
 
 
 def validate_name(name: str | None) -> str:
@@ -64,6 +52,24 @@ def validate_expiry_days(days: object) -> int:
         raise InvalidInput(
             f"expires_in_days must be between 0 (never) and {MAX_EXPIRY_DAYS}",
             field="expires_in_days",
+        )
+    return days
+
+
+def validate_description(description: str | None) -> str | None:
+    """Optional free text (empty: none), held to the same character rules as a name."""
+    return clean_text(description, field="description", limit=MAX_DESCRIPTION)
+
+
+def days_until(day: date, *, now: datetime, field: str = "expires_on") -> int:
+    """A chosen expiry date as whole days from today (the key then expires on that day at
+    the time of day it was created, exactly as a preset of that many days would)."""
+    days = (day - now.date()).days
+    if days < 1:
+        raise InvalidInput("Choose an expiry date after today", field=field)
+    if days > MAX_EXPIRY_DAYS:
+        raise InvalidInput(
+            f"Choose an expiry date within {MAX_EXPIRY_DAYS} days of today", field=field
         )
     return days
 
@@ -84,6 +90,7 @@ def issue_key(
     actor: Actor,
     granting_scopes: Iterable[str] | None = None,
     allowed_ips: str | None = None,
+    description: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a user key. Returns (row, full key); the full key exists only in this return.
 
@@ -91,6 +98,7 @@ def issue_key(
     key's scopes must be a subset of them.
     """
     name = validate_name(name)
+    description = validate_description(description)
     scope_list = scope_rules.normalize(scopes)
     expires_in_days = validate_expiry_days(expires_in_days)
     if granting_scopes is not None:
@@ -114,6 +122,7 @@ def issue_key(
         created_at=now,
         created_by=actor.label,
         expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+        description=description,
     )
     db.session.add(row)
     db.session.flush()
@@ -152,22 +161,42 @@ def limit_to_parent(
 ) -> str | None:
     """A key that creates (or rotates) a key cannot hand out more than it has itself:
     the new key's addresses lie within the creating key's allow-list (inherited when not
-    given) and it expires no later than the creating key. Returns the allow-list to use."""
+    given) and it ends no later than the creating key. Returns the allow-list to use.
+
+    parent_expires_at: the creating key's effective end of life in Unix seconds (expiry or
+    grace end, whichever is first: status.effective_end), None when it never ends."""
     if isinstance(expires_in_days, bool) or not isinstance(expires_in_days, int):
         validate_expiry_days(expires_in_days)  # raises, naming the field
-    if parent_expires_at is not None:
-        limit = datetime.fromtimestamp(parent_expires_at, now.tzinfo)
-        try:
-            end = now + timedelta(days=expires_in_days)
-        except OverflowError:  # 3e6 days and more lie past any date Python can hold
-            validate_expiry_days(expires_in_days)  # raises, naming the field
-            raise
-        if expires_in_days == 0 or end > limit:
-            raise InvalidInput(
-                "A key that expires can only create keys that expire no later than itself"
-                f" (at most {max(0, (limit - now).days)} days from now)",
-                field="expires_in_days",
-            )
+    try:
+        expires_at = now + timedelta(days=expires_in_days) if expires_in_days else None
+    except OverflowError:  # 3e6 days and more lie past any date Python can hold
+        validate_expiry_days(expires_in_days)  # raises, naming the field
+        raise
+    check_parent_end(
+        parent_expires_at=parent_expires_at, expires_at=expires_at, now=now,
+        field="expires_in_days",
+    )  # fmt: skip
+    return limit_ips_to_parent(parent_allowed_ips=parent_allowed_ips, allowed_ips=allowed_ips)
+
+
+def check_parent_end(
+    *, parent_expires_at: int | None, expires_at: datetime | None, now: datetime, field: str
+) -> None:
+    """InvalidInput unless a key ending at `expires_at` (None: never) ends no later than
+    the creating key, whose effective end is `parent_expires_at` (Unix seconds or None)."""
+    if parent_expires_at is None:
+        return
+    limit = datetime.fromtimestamp(parent_expires_at, now.tzinfo)
+    if expires_at is None or expires_at > limit:
+        raise InvalidInput(
+            "A key that expires can only create keys that expire no later than itself"
+            f" (at most {max(0, (limit - now).days)} days from now)",
+            field=field,
+        )
+
+
+def limit_ips_to_parent(*, parent_allowed_ips: str | None, allowed_ips: str | None) -> str | None:
+    """The allow-list to use: the parent's when none is given; else it must lie within it."""
     if not parent_allowed_ips:
         return allowed_ips
     if allowed_ips is None:
@@ -239,9 +268,21 @@ def revoke_key(
     )
 
 
-def rotate_key(*, key: ApiKey, grace_hours: int, now: datetime, actor: Actor) -> tuple[ApiKey, str]:
-    """Issue a successor with the same name, scopes, owner and lifetime; the old key keeps
-    working for grace_hours, then reads `rotated`. Conflict if it was rotated or revoked."""
+def rotate_key(
+    *,
+    key: ApiKey,
+    grace_hours: int,
+    now: datetime,
+    actor: Actor,
+    expires_in_days: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Issue a successor with the same name, scopes, owner and allow-list; the old key keeps
+    working for grace_hours, then stops (it reads `rotated` from now on). Conflict if it
+    was rotated or revoked.
+
+    expires_in_days: the successor's lifetime (0 = never); None keeps the old key's
+    lifetime, which must still be one the tenant policy allows (a tightened policy names
+    the field, so the portal can offer the lifetimes it allows)."""
     if (
         isinstance(grace_hours, bool)
         or not isinstance(grace_hours, int)
@@ -252,9 +293,21 @@ def rotate_key(*, key: ApiKey, grace_hours: int, now: datetime, actor: Actor) ->
         )
     if key.user is None:
         raise InvalidInput("Client keys are rotated from the command line")
-    if status_of(key, now) in ("revoked", "rotated", "leaked", "expired") or key.revoked_at:
+    if status_of(key, now) not in WORKING or key.revoked_at:
         raise Conflict("Only an active key can be rotated")
-    lifetime_days = lifetime_days_of(key)
+    if expires_in_days is None:
+        lifetime_days = lifetime_days_of(key)
+        if not policy.allows_lifetime(key.user.tenant, lifetime_days):
+            limit = key.user.tenant.max_key_lifetime_days
+            raise PolicyViolation(
+                "Your organization's policy no longer allows this key's lifetime ("
+                + (f"{lifetime_days} days" if lifetime_days else "never expires")
+                + ("" if not limit else f"; at most {limit} days")
+                + "): choose how long the new key lives",
+                field="expires_in_days",
+            )
+    else:
+        lifetime_days = validate_expiry_days(expires_in_days)
     user = key.user
     policy.check_new_key(
         tenant=user.tenant, user=user, scopes=key.scope_list, expires_in_days=lifetime_days
@@ -270,6 +323,7 @@ def rotate_key(*, key: ApiKey, grace_hours: int, now: datetime, actor: Actor) ->
         created_by=actor.label,
         expires_at=now + timedelta(days=lifetime_days) if lifetime_days else None,
         rotated_from=key.key_id,
+        description=key.description,
     )
     # The conditional UPDATE is the race guard: of two concurrent rotations
     # (or a rotation and a revocation) exactly one matches the row.
@@ -299,13 +353,14 @@ def rotate_key(*, key: ApiKey, grace_hours: int, now: datetime, actor: Actor) ->
         name=key.name,
         new_key=new_row.key_id,
         grace_hours=grace_hours,
+        expires_at=new_row.expires_at,
     )
     return new_row, full_key
 
 
 def set_allowed_ips(*, key: ApiKey, allowed_ips: str | None, now: datetime, actor: Actor) -> None:
     """Replace the key's IP allow-list (already validated; None: any address). Audited."""
-    if status_of(key, now) in ("revoked", "rotated", "leaked", "expired"):
+    if status_of(key, now) not in WORKING:
         raise Conflict("Only an active key's allow-list can be changed")
     before = key.allowed_ips
     if before == allowed_ips:
@@ -322,6 +377,127 @@ def set_allowed_ips(*, key: ApiKey, allowed_ips: str | None, now: datetime, acto
         name=key.name,
         before=before.split() if before else [],
         after=allowed_ips.split() if allowed_ips else [],
+    )
+
+
+def update_key(
+    *,
+    key: ApiKey,
+    now: datetime,
+    actor: Actor,
+    name: object = UNSET,
+    description: object = UNSET,
+    scopes: object = UNSET,
+    expires_at: object = UNSET,
+    allowed_ips: object = UNSET,
+    granting_scopes: Iterable[str] | None = None,
+    parent_expires_at: int | None = None,
+    parent_allowed_ips: str | None = None,
+    expiry_field: str = "expires_at",
+) -> dict[str, tuple]:
+    """Change what a working key is, under the rules a new key meets: tenant policy
+    (grantable scopes, lifetime counted from creation), and when an API key makes the
+    change, the creating-key rules (scopes within its own, ends no later than it, addresses
+    within its allow-list) so that no key can widen itself or another. Arguments left UNSET
+    stay; allowed_ips None means any address. Audited as one `key.updated` event with
+    before/after of what changed; returns {field: (before, after)} of those.
+
+    expiry_field: how the caller names the expiry ("expires_at" in the API, "expires_on"
+    in the portal), for the `field` of the refusals."""
+    if key.user is None:
+        raise InvalidInput("Client keys are changed from the command line")
+    if status_of(key, now) not in WORKING:
+        raise Conflict("Only an active key can be changed")
+    user = key.user
+    changes: dict[str, tuple] = {}
+    if name is not UNSET:
+        changes["name"] = (key.name, validate_name(name if isinstance(name, str) else None))
+    if description is not UNSET:
+        if description is not None and not isinstance(description, str):
+            raise InvalidInput("description must be a string or null", field="description")
+        changes["description"] = (key.description, validate_description(description))
+    if scopes is not UNSET:
+        if not isinstance(scopes, Iterable) or isinstance(scopes, str):
+            raise InvalidInput("scopes must be a list of scope names", field="scopes")
+        scope_list = scope_rules.normalize(scopes)
+        if scope_list != key.scope_list:  # unchanged scopes pass a policy tightened since
+            if granting_scopes is not None:
+                refused = scope_rules.missing(granting_scopes, scope_list)
+                if refused:
+                    raise InvalidInput(
+                        "A key can only give keys a subset of its own scopes; not held: "
+                        + ", ".join(refused),
+                        field="scopes",
+                    )
+            policy.check_scopes(tenant=user.tenant, user=user, scopes=scope_list)
+        changes["scopes"] = (key.scope_list, scope_list)
+    if expires_at is not UNSET:
+        if expires_at is not None:
+            if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
+                raise InvalidInput("expiry must be a time", field=expiry_field)
+            if expires_at <= now:
+                raise InvalidInput("Choose an expiry in the future", field=expiry_field)
+            if expires_at > now + timedelta(days=MAX_EXPIRY_DAYS):
+                raise InvalidInput(
+                    f"Choose an expiry within {MAX_EXPIRY_DAYS} days from now", field=expiry_field
+                )
+            expires_at = expires_at.replace(microsecond=0)
+        if expires_at != key.expires_at:
+            policy.check_expiry(
+                tenant=user.tenant, created_at=key.created_at, expires_at=expires_at,
+                field=expiry_field,
+            )  # fmt: skip
+            check_parent_end(
+                parent_expires_at=parent_expires_at, expires_at=expires_at, now=now,
+                field=expiry_field,
+            )  # fmt: skip
+        changes["expires_at"] = (key.expires_at, expires_at)
+    if allowed_ips is not UNSET:
+        if parent_allowed_ips and allowed_ips != key.allowed_ips:
+            limit_ips_to_parent(
+                parent_allowed_ips=parent_allowed_ips, allowed_ips=allowed_ips or ANY_ADDRESS
+            )
+        changes["allowed_ips"] = (key.allowed_ips, allowed_ips)
+    changes = {k: (old, new) for k, (old, new) in changes.items() if old != new}
+    if not changes:
+        return {}
+    for column, (_, new) in changes.items():
+        setattr(key, column, " ".join(new) if column == "scopes" else new)
+    db.session.flush()
+
+    def shown(column: str, value: object) -> object:
+        if column == "allowed_ips":
+            return value.split() if value else []
+        return value
+
+    audit.record(
+        "key.updated",
+        actor=actor,
+        now=now,
+        tenant_id=key.tenant_id,
+        target_type="key",
+        target=key.key_id,
+        name=key.name,
+        before={c: shown(c, old) for c, (old, _) in changes.items()},
+        after={c: shown(c, new) for c, (_, new) in changes.items()},
+    )
+    return changes
+
+
+def record_key_revocations(
+    revoked: list, *, tenant_id: int, now: datetime, actor: Actor, reason: str
+) -> None:
+    """One `key.revoked` audit event per (key_id, name), in one batch (incident revoke,
+    member deactivation)."""
+    if not revoked:
+        return  # nothing to chain: do not take the chain lock
+    audit.record_many(
+        "key.revoked",
+        ((key_id, {"name": name, "reason": reason}) for key_id, name in revoked),
+        actor=actor,
+        now=now,
+        tenant_id=tenant_id,
+        target_type="key",
     )
 
 
@@ -378,9 +554,11 @@ def key_json(key: ApiKey, now: datetime) -> dict:
     return {
         "id": key.key_id,
         "name": key.name,
+        "description": key.description,
         "scopes": key.scope_list,
         "created_at": to_unix(key.created_at),
-        "expires_at": to_unix(key.expires_at),
+        # The effective end of life: for a rotated key in its grace period, the grace end.
+        "expires_at": to_unix(end_of(key)),
         "last_used": to_unix(key.last_used_at),
         "revoked": key.revoked_at is not None and key.revoked_at <= now,
         "status": status_of(key, now),

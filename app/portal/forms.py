@@ -1,5 +1,12 @@
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, SelectField, SelectMultipleField, StringField, TextAreaField
+from wtforms import (
+    DateField,
+    IntegerField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import (
     DataRequired,
@@ -11,6 +18,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from app import once
 from app.accounts.policy import EXPIRY_CHOICES
 from app.keys.scopes import ALL_SCOPES
 
@@ -34,15 +42,25 @@ class ScopesField(MultiCheckboxField):
 
 
 EXPIRY_MESSAGE = "Choose one of the offered expiry periods"
+CUSTOM = "custom"  # expires_in_days=custom: the date in expires_on (SPEC)
+KEEP = ""  # a rotation's "same lifetime as now"
+DATE_MESSAGE = "Enter a date as YYYY-MM-DD, e.g. 2027-01-31"
+
+
+def _days_or_word(value):
+    return value if value in (CUSTOM, KEEP) else int(value)
 
 
 class ExpiryField(SelectField):
-    """Expiry in days from the offered choices, with one plain message for anything else.
-    A standard period the policy removed (e.g. "never") passes through, so the policy check
-    refuses it naming the rule instead."""
+    """Expiry in days from the offered choices ("custom": a date of one's own), with one
+    plain message for anything else. A standard period the policy removed (e.g. "never")
+    passes through, so the policy check refuses it naming the rule instead."""
 
     def process_formdata(self, valuelist) -> None:
         if not valuelist:
+            return
+        if valuelist[0] in (CUSTOM, KEEP):
+            self.data = valuelist[0]
             return
         try:
             self.data = int(valuelist[0])
@@ -57,8 +75,27 @@ class ExpiryField(SelectField):
             raise ValidationError(EXPIRY_MESSAGE)
 
 
+class ExpiryDateField(DateField):
+    """YYYY-MM-DD or empty, with a message that shows the format."""
+
+    def process_formdata(self, valuelist) -> None:
+        if valuelist and not (valuelist[0] or "").strip():
+            self.data = None
+            return
+        try:
+            super().process_formdata([(v or "").strip() for v in valuelist])
+        except ValueError:
+            raise ValueError(DATE_MESSAGE) from None
+        if self.data is None and valuelist:
+            raise ValueError(DATE_MESSAGE)
+
+
 def expiry_label(days: int) -> str:
     return "Never" if days == 0 else f"{days} days"
+
+
+def lifetime_label(days: int) -> str:
+    return "never expires" if days == 0 else f"{days} day{'' if days == 1 else 's'}"
 
 
 class NewKeyForm(FlaskForm):
@@ -72,19 +109,56 @@ class NewKeyForm(FlaskForm):
     )
     scopes = ScopesField("Scopes", choices=[SelectChoice(s, s) for s in ALL_SCOPES])
     expires_in_days = ExpiryField(
-        "Expires in", coerce=int, validators=[InputRequired(message=EXPIRY_MESSAGE)]
+        "Expires in", coerce=_days_or_word, validators=[InputRequired(message=EXPIRY_MESSAGE)]
     )
+    expires_on = ExpiryDateField(
+        "Expiry date", validators=[Optional()],
+        description="With “A date of your choice”: the key expires on this day (UTC).",
+    )  # fmt: skip
     allowed_ips = TextAreaField(
         "Allowed IP addresses (optional)",
         validators=[Optional(), Length(max=2000)],
         description="One address or CIDR range per line, IPv4 or IPv6. Empty: any address.",
     )
+    submission = once.token_field()
 
     def set_policy(self, scopes: list[str], expiry_days: list[int]) -> None:
         self.scopes.choices = [SelectChoice(s, s) for s in scopes]
-        self.expires_in_days.choices = [SelectChoice(d, expiry_label(d)) for d in expiry_days]
+        self.expires_in_days.choices = [
+            *(SelectChoice(d, expiry_label(d)) for d in expiry_days),
+            SelectChoice(CUSTOM, "A date of your choice"),
+        ]
         if self.expires_in_days.data is None and expiry_days:
             self.expires_in_days.data = 90 if 90 in expiry_days else expiry_days[0]
+
+    def validate_scopes(self, field) -> None:
+        if not field.data:
+            raise ValidationError("Choose at least one scope")
+
+    def validate(self, extra_validators=None) -> bool:
+        valid = super().validate(extra_validators)
+        # Here, not in validate_expires_on: Optional() ends the field's own chain when empty.
+        field = self.expires_on
+        if self.expires_in_days.data == CUSTOM and field.data is None and not field.errors:
+            field.errors = ["Choose the date the key expires on"]
+            return False
+        return valid
+
+
+class EditKeyForm(FlaskForm):
+    name = NewKeyForm.name
+    description = StringField(
+        "Description (optional)",
+        validators=[Optional(), Length(max=100, message="Use at most 100 characters")],
+        description="What the key is for or who to ask about it; shown to your admins too.",
+    )
+    scopes = ScopesField("Scopes", choices=[SelectChoice(s, s) for s in ALL_SCOPES])
+    expires_on = ExpiryDateField(
+        "Expires on", validators=[Optional()],
+        description="The day the key stops working (UTC). Empty: never expires, where your"
+        " organization allows it.",
+    )  # fmt: skip
+    allowed_ips = NewKeyForm.allowed_ips
 
     def validate_scopes(self, field) -> None:
         if not field.data:
@@ -101,6 +175,22 @@ class RotateForm(FlaskForm):
         ],
         description="How long the old key keeps working (0 to 168 hours).",
     )
+    expires_in_days = ExpiryField(
+        "New key expires in", coerce=_days_or_word, validators=[Optional()]
+    )
+    submission = once.token_field()
+
+    def set_lifetimes(self, *, current_days: int, allowed: list[int], keep_allowed: bool):
+        """Offer the old key's lifetime where the policy still allows it, and every lifetime
+        it allows; when the old one is no longer allowed, preselect the longest allowed."""
+        choices = [SelectChoice(d, expiry_label(d)) for d in allowed]
+        if keep_allowed:
+            keep = SelectChoice(KEEP, f"Same as the old key ({lifetime_label(current_days)})")
+            choices.insert(0, keep)
+        self.expires_in_days.choices = choices
+        if self.expires_in_days.data is None and not self.is_submitted():
+            longest = max(allowed, key=lambda d: d or 10**6) if allowed else KEEP
+            self.expires_in_days.data = KEEP if keep_allowed else longest
 
 
 class AllowedIpsForm(FlaskForm):

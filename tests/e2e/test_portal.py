@@ -113,7 +113,7 @@ def test_key_lifecycle(page, context, server, axe_path):
     assert me(server, new_secret).json()["key"]["id"] == new_id
     page.goto("/keys")
     assert_no_secret(page, secret, new_secret)
-    expect(badge(page, key_id)).to_have_text("expiring")
+    expect(badge(page, key_id)).to_have_text("rotated")  # at once, still working in grace
     expect(badge(page, new_id)).to_have_text("active")
 
     # Revoke the new key, confirmed on its own page.

@@ -99,18 +99,30 @@ def test_screenshots(demo, screenshots, axe_path, new_context, server):
     page.emulate_media(color_scheme="light")
 
     page.goto(f"/keys/{keys['ci']}")
-    expect(page.locator(".chart figcaption")).to_contain_text("requests in 30 days")
+    expect(page.locator("#usage-summary")).to_contain_text("requests in 30 days; busiest day")
+    expect(page.locator(".chart text.tick").last).to_have_text("day (UTC)")
     assert page.locator(".chart rect.bar[height]:not([height='0'])").count() >= 28
     expect(page.locator(".details")).not_to_contain_text("never")  # last used is recorded
     shoot(page, screenshots, "key-detail.png", full_page=True)
 
+    page.goto(f"/keys/{keys['ci']}/edit")
+    page.get_by_label("Description (optional)").fill("GitHub Actions: deploys main to production")
+    check_a11y(page, axe_path, "edit key")
+    shoot(page, screenshots, "key-edit.png", full_page=True)
+
     create_key(page, "Release bot", ("api:read", "deploy:staging"), "30 days")
     expect(page.get_by_role("heading", name="Where to keep it")).to_be_visible()
+    expect(page.locator("#slug-example")).to_contain_text("/api/v1/tenant/")
     shoot(page, screenshots, "reveal-once.png")
+    page.reload()  # the browser submits the same form again: nothing new is created
+    expect(page.get_by_role("heading", name="This key was already created")).to_be_visible()
+    shoot(page, screenshots, "already-created.png")
 
     page.set_viewport_size({"width": 375, "height": 740})
     page.goto("/keys")
     shoot(page, screenshots, "keys-phone.png")
+    create_key(page, "Phone key", ("api:read",), "30 days")
+    shoot(page, screenshots, "reveal-phone.png")
     page.set_viewport_size({"width": 1280, "height": 800})
 
     # The admin's view: a colleague joined by invitation, one of her keys unused for weeks.
