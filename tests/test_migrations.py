@@ -22,6 +22,9 @@ TABLES = {
     "audit_events",
     "resources",
     "invites",
+    "totp_factors",
+    "recovery_codes",
+    "passkeys",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(
