@@ -23,6 +23,7 @@ class PolicyForm(FlaskForm):
         choices=[SelectChoice(s, s) for s in ALL_SCOPES],
         description="Admins may always grant every scope.",
     )
+    require_2fa = BooleanField("Members must use two-factor authentication")
 
 
 class InviteForm(FlaskForm):

@@ -7,7 +7,8 @@ from flask_login import current_user, login_required
 from sqlalchemy.exc import IntegrityError
 
 from app.accounts import service as accounts
-from app.auth import bp
+from app.accounts import twofactor
+from app.auth import bp, second_step
 from app.auth.forms import LoginForm, RegisterForm
 from app.auth.signin import complete_sign_in, sign_out
 from app.clock import utcnow
@@ -111,8 +112,13 @@ def login():
         )
         db.session.commit()  # the audit event of a failure is kept too
         if user is not None:
+            target = safe_next(request.args.get("next") or request.form.get("next"))
+            if twofactor.has_second_factor(user):
+                # Not signed in yet: only a short-lived marker until the second factor.
+                second_step.start(user, next_url=target, now=utcnow())
+                return redirect(url_for("twofactor.login_2fa"))
             complete_sign_in(user, method="password")
-            return redirect(safe_next(request.args.get("next") or request.form.get("next")))
+            return redirect(target)
         error = GENERIC_LOGIN_ERROR
     elif request.method == "POST":
         # A missing field gets the same answer as wrong credentials. (A bad CSRF token never
