@@ -48,6 +48,25 @@ def _login_account_key() -> str:
     return "login-account:" + (request.form.get("email") or "").strip().lower()[:254]
 
 
+def _pending_account_key() -> str:
+    # The half-signed-in account (never a form field, which the client could point at
+    # another account): the same key as its password attempts.
+    return "login-account:" + second_step.pending_email()
+
+
+# One budget for every sign-in attempt, password, code or passkey: per client address and
+# per account (shared scopes: a code guess spends what a password guess spends).
+sign_in_ip_limit = limiter.shared_limit(
+    _login_limit, scope="sign-in-ip", key_func=client_ip, methods=["POST"]
+)
+sign_in_account_limit = limiter.shared_limit(
+    _login_limit, scope="sign-in-account", key_func=_login_account_key, methods=["POST"]
+)
+second_step_account_limit = limiter.shared_limit(
+    _login_limit, scope="sign-in-account", key_func=_pending_account_key, methods=["POST"]
+)
+
+
 @bp.route("/register", methods=["GET", "POST"])
 @limiter.limit(_login_limit, methods=["POST"], key_func=client_ip)
 def register():
@@ -96,8 +115,8 @@ def _email_has_account(email: str) -> bool:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(_login_limit, methods=["POST"], key_func=client_ip)
-@limiter.limit(_login_limit, methods=["POST"], key_func=_login_account_key)
+@sign_in_ip_limit
+@sign_in_account_limit
 def login():
     if current_user.is_authenticated and request.method == "GET":
         return redirect(safe_next(request.args.get("next")))

@@ -28,13 +28,16 @@ from flask_login import current_user, login_required
 from app import audit, secretbox
 from app.accounts import passkeys, twofactor
 from app.auth import second_step
-from app.auth.routes import safe_next
+from app.auth.routes import (
+    safe_next,
+    second_step_account_limit,
+    sign_in_ip_limit,
+)
 from app.auth.signin import complete_sign_in
 from app.auth.sudo import sudo_required
 from app.clock import to_unix, utcnow
 from app.errors import Conflict, InvalidInput, NotFound
-from app.extensions import db, limiter
-from app.net import client_ip
+from app.extensions import db
 from app.twofactor import bp
 from app.twofactor.forms import ConfirmForm, EnableTotpForm, PasskeyNameForm, SecondFactorForm
 from app.web import NO_STORE
@@ -44,16 +47,6 @@ SETUP_KEY = "totp_setup"  # the sealed secret shown by GET /account/2fa, awaitin
 SETUP_SECONDS = 15 * 60
 CHALLENGE_KEY = "webauthn_challenge"
 CHALLENGE_SECONDS = 5 * 60
-
-
-def _login_limit() -> str:
-    return current_app.config["KEYDESK_LOGIN_RATE_LIMIT"]
-
-
-def _pending_account_key() -> str:
-    # The same key /login counts a password attempt against: password guesses and code
-    # guesses for one account share one budget.
-    return "login-account:" + second_step.pending_email()
 
 
 def relying_party() -> passkeys.RelyingParty:
@@ -378,8 +371,8 @@ TOO_MANY = "Too many wrong codes. Enter your password again."
 
 
 @bp.route("/login/2fa", methods=["GET", "POST"])
-@limiter.limit(_login_limit, methods=["POST"], key_func=client_ip)
-@limiter.limit(_login_limit, methods=["POST"], key_func=_pending_account_key)
+@sign_in_ip_limit
+@second_step_account_limit
 def login_2fa():
     now = utcnow()
     user = second_step.pending_user(now=now)
@@ -412,7 +405,6 @@ def login_2fa():
 
 
 @bp.post("/login/2fa/passkey/options")
-@limiter.limit(_login_limit, key_func=client_ip)
 def login_2fa_passkey_options():
     user = second_step.pending_user(now=utcnow())
     if user is None:
@@ -423,8 +415,8 @@ def login_2fa_passkey_options():
 
 
 @bp.post("/login/2fa/passkey")
-@limiter.limit(_login_limit, key_func=client_ip)
-@limiter.limit(_login_limit, key_func=_pending_account_key)
+@sign_in_ip_limit
+@second_step_account_limit
 def login_2fa_passkey():
     now = utcnow()
     user = second_step.pending_user(now=now)
@@ -448,7 +440,6 @@ def login_2fa_passkey():
 
 
 @bp.post("/login/passkey/options")
-@limiter.limit(_login_limit, key_func=client_ip)
 def login_passkey_options():
     options, challenge = passkeys.authentication_options(rp=relying_party())
     _keep_challenge("login", challenge)
@@ -456,7 +447,7 @@ def login_passkey_options():
 
 
 @bp.post("/login/passkey")
-@limiter.limit(_login_limit, key_func=client_ip)
+@sign_in_ip_limit
 def login_passkey():
     now = utcnow()
     body = _body()
