@@ -9,12 +9,14 @@ WebAuthn requires to be a registrable domain or "localhost", never an IP address
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-import secrets
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import func, select, update
 from webauthn import (
     generate_authentication_options,
@@ -73,7 +75,8 @@ def clean_name(name: object) -> str:
     """1-100 visible characters: no control, bidirectional or zero-width characters."""
     if not isinstance(name, str):
         raise InvalidInput("Give the passkey a name (1 to 100 characters).", field="name")
-    name = name.strip()
+    # Only spaces are trimmed: str.strip() would quietly drop controls such as U+0085.
+    name = name.strip(" ")
     if not 1 <= len(name) <= MAX_NAME:
         raise InvalidInput("Give the passkey a name of 1 to 100 characters.", field="name")
     for ch in name:
@@ -107,12 +110,22 @@ def get_passkey(*, user: User, passkey_id: int) -> Passkey:
 
 
 def _user_handle(user: User) -> str:
-    """One random handle per user (what a discoverable passkey hands back); not the email
-    nor the database id, as WebAuthn advises."""
+    """One handle per user (what a discoverable passkey hands back): the one their passkeys
+    already carry, else derived from the user id with a server key, so the options and the
+    stored row agree without keeping it anywhere in between. Not the email nor the bare
+    database id, as WebAuthn advises."""
     existing = db.session.execute(
         select(Passkey.user_handle).where(Passkey.user_id == user.id).limit(1)
     ).scalar()
-    return existing or bytes_to_base64url(secrets.token_bytes(32))
+    if existing:
+        return existing
+    secret = current_app.config["SECRET_KEY"]
+    key = hashlib.sha256(b"keydesk:webauthn-user-handle:" + _as_bytes(secret)).digest()
+    return bytes_to_base64url(hmac.new(key, str(user.id).encode(), hashlib.sha256).digest())
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 # --- registration ----------------------------------------------------------------------
