@@ -341,3 +341,13 @@ def test_regenerated_recovery_codes_are_shown_once(app, client, user):
     assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
     new = recovery_codes(response.get_data(as_text=True))
     assert len(new) == 10 and not set(new) & set(old)
+
+
+def test_a_changed_secret_key_leaves_recovery_codes_working(app, ctx):
+    user, secret, codes = _enabled(app)
+    app.config["SECRET_KEY"] = "a rotated session key"
+    later = NOW + timedelta(minutes=3)
+    with pytest.raises(InvalidInput, match="secret key changed") as refused:
+        twofactor.verify_code(user, code_at(secret, later.timestamp()), now=later)
+    assert refused.value.field == "code"
+    assert twofactor.verify_code(user, codes[0], now=later) == "recovery_code"

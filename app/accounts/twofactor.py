@@ -6,8 +6,8 @@ Passkeys live in app/accounts/passkeys.py. The caller commits.
   server must read it back to compute codes, so a digest cannot do.
 - Each code is accepted once: the factor keeps the last accepted time step, and only a later
   step passes (one conditional UPDATE, so two concurrent requests cannot both use it).
-- Recovery codes are only ever compared: a keyed HMAC-SHA256 of each is stored, bound to its
-  user, and "used" is one conditional UPDATE as well.
+- Recovery codes are only ever compared: a keyed HMAC-SHA256 of each is stored (key derived
+  from KEYDESK_KEY_PEPPER), bound to its user, and "used" is one conditional UPDATE as well.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ MALFORMED_CODE = (
     "Enter the 6-digit code from your authenticator app, or one of your recovery codes."
 )
 REUSED_CODE = "That code was already used. Wait for the next one in your app."
+UNREADABLE = (
+    "Your authenticator app cannot be checked since the server's secret key changed. "
+    "Use a recovery code or a passkey, then set up the app again."
+)
 USED_RECOVERY_CODE = "That recovery code was already used. Each one works once."
 
 
@@ -189,7 +193,11 @@ def disable_totp(*, user: User, now: datetime, actor: Actor) -> bool:
 
 
 def _accept_totp(user: User, factor: TotpFactor, digits: str, *, now: datetime) -> None:
-    secret = secretbox.unseal(factor.secret_sealed, purpose=SEAL_PURPOSE)
+    try:
+        secret = secretbox.unseal(factor.secret_sealed, purpose=SEAL_PURPOSE)
+    except secretbox.SecretUnreadable:
+        # Sealed under an earlier KEYDESK_SECRET_KEY: no code can match any more.
+        raise InvalidInput(UNREADABLE, field="code") from None
     step = matching_step(secret, digits, now=now)
     if step is None:
         raise InvalidInput(WRONG_CODE, field="code")
@@ -214,7 +222,9 @@ def _accept_totp(user: User, factor: TotpFactor, digits: str, *, now: datetime) 
 
 
 def _digest_key() -> bytes:
-    secret = current_app.config["SECRET_KEY"]
+    # From the pepper, not KEYDESK_SECRET_KEY: rotating the session key (which makes sealed
+    # TOTP seeds unreadable) must leave the recovery codes working, as the way back in.
+    secret = current_app.config["KEYDESK_KEY_PEPPER"]
     material = secret.encode() if isinstance(secret, str) else bytes(secret)
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"keydesk:recovery-code"
