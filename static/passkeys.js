@@ -37,6 +37,17 @@
       },
       body: JSON.stringify(body || {}),
     });
+    const isJSON = (response.headers.get("Content-Type") || "").includes("application/json");
+    if (response.redirected && !isJSON) {
+      // Sent to a page instead (signed out, or sudo mode needed): go there, and come back
+      // to this page afterwards rather than to the JSON endpoint.
+      const target = new URL(response.url);
+      if (target.searchParams.has("next")) {
+        target.searchParams.set("next", window.location.pathname + window.location.search);
+      }
+      window.location.assign(target.toString());
+      throw new Error("Please confirm who you are first…");
+    }
     let data = {};
     try {
       data = await response.json();

@@ -266,3 +266,15 @@ def test_the_relying_party_follows_keydesk_base_url(app, signed_in):
 def test_registration_needs_a_sign_in(app, client):
     assert client.post("/account/passkeys/options", json={}).status_code == 302
     assert client.post("/account/passkeys", json={}).status_code == 302
+
+
+@pytest.mark.parametrize("app_config", [{"WTF_CSRF_ENABLED": True}], indirect=True)
+def test_the_json_ceremonies_need_the_pages_csrf_token(app, client, user):
+    from bs4 import BeautifulSoup
+
+    page = BeautifulSoup(client.get("/login").get_data(as_text=True), "html.parser")
+    token = page.find("meta", {"name": "csrf-token"})["content"]
+    assert client.post("/login/passkey/options", json={}, **HOST).status_code == 400
+    ok = client.post("/login/passkey/options", json={}, headers={"X-CSRFToken": token}, **HOST)
+    assert ok.status_code == 200 and ok.get_json()["challenge"]
+    assert client.post("/login/2fa", data={"code": "123456"}).status_code == 400

@@ -351,3 +351,37 @@ def test_a_changed_secret_key_leaves_recovery_codes_working(app, ctx):
         twofactor.verify_code(user, code_at(secret, later.timestamp()), now=later)
     assert refused.value.field == "code"
     assert twofactor.verify_code(user, codes[0], now=later) == "recovery_code"
+
+
+def test_two_requests_racing_with_one_code_let_exactly_one_in(app):
+    import threading
+
+    with app.app_context():
+        user, secret, _ = _enabled(app)
+        user_id = user.id
+    later = NOW + timedelta(minutes=2)
+    code = code_at(secret, later.timestamp())
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def attempt():
+        with app.app_context():
+            from app.models import User
+
+            barrier.wait()  # before any query: on SQLite the first one takes the write lock
+            me = db.session.get(User, user_id)
+            try:
+                results.append(twofactor.verify_code(me, code, now=later))
+                db.session.commit()
+            except InvalidInput:
+                db.session.rollback()
+                results.append("refused")
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert sorted(results) == ["refused", "totp"]

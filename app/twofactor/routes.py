@@ -207,7 +207,7 @@ def _body() -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def _keep_challenge(purpose: str, challenge: bytes) -> None:
+def keep_challenge(purpose: str, challenge: bytes) -> None:
     session[CHALLENGE_KEY] = {
         "purpose": purpose,
         "challenge": base64.urlsafe_b64encode(challenge).decode(),
@@ -215,7 +215,7 @@ def _keep_challenge(purpose: str, challenge: bytes) -> None:
     }
 
 
-def _take_challenge(purpose: str) -> bytes:
+def take_challenge(purpose: str) -> bytes:
     """The challenge of the ceremony in progress, removed: each is good for one answer."""
     held = session.pop(CHALLENGE_KEY, None)
     if (
@@ -238,7 +238,7 @@ def passkey_register_options():
         options, challenge = passkeys.registration_options(user=current_user, rp=relying_party())
     except InvalidInput as exc:
         return _json_error(exc)
-    _keep_challenge("register", challenge)
+    keep_challenge("register", challenge)
     return current_app.response_class(options, mimetype="application/json")
 
 
@@ -248,7 +248,7 @@ def passkey_register_options():
 def passkey_register():
     body = _body()
     try:
-        challenge = _take_challenge("register")
+        challenge = take_challenge("register")
         row = passkeys.finish_registration(
             user=current_user,
             rp=relying_party(),
@@ -410,7 +410,7 @@ def login_2fa_passkey_options():
     if user is None:
         return _json_error(InvalidInput(EXPIRED, field="passkey"), 401)
     options, challenge = passkeys.authentication_options(rp=relying_party(), user=user)
-    _keep_challenge("second-factor", challenge)
+    keep_challenge("second-factor", challenge)
     return current_app.response_class(options, mimetype="application/json")
 
 
@@ -423,7 +423,7 @@ def login_2fa_passkey():
     if user is None:
         return _json_error(InvalidInput(EXPIRED, field="passkey"), 401)
     try:
-        challenge = _take_challenge("second-factor")
+        challenge = take_challenge("second-factor")
         passkeys.finish_authentication(
             rp=relying_party(), credential=_body().get("credential"), challenge=challenge,
             now=now, user=user,
@@ -442,7 +442,7 @@ def login_2fa_passkey():
 @bp.post("/login/passkey/options")
 def login_passkey_options():
     options, challenge = passkeys.authentication_options(rp=relying_party())
-    _keep_challenge("login", challenge)
+    keep_challenge("login", challenge)
     return current_app.response_class(options, mimetype="application/json")
 
 
@@ -452,7 +452,7 @@ def login_passkey():
     now = utcnow()
     body = _body()
     try:
-        challenge = _take_challenge("login")
+        challenge = take_challenge("login")
         user, _ = passkeys.finish_authentication(
             rp=relying_party(), credential=body.get("credential"), challenge=challenge, now=now
         )
