@@ -68,10 +68,13 @@ def test_a_code_is_accepted_once_and_never_again(app, ctx):
     assert twofactor.verify_code(user, code_at(secret, nxt.timestamp()), now=nxt) == "totp"
 
 
-def test_the_enrollment_code_cannot_sign_in_again(app, ctx):
+def test_the_code_that_confirmed_the_set_up_signs_in_once(app, ctx):
     user, secret, _ = _enabled(app)
+    code = code_at(secret, NOW.timestamp())
+    assert twofactor.verify_code(user, code, now=NOW) == "totp"
+    db.session.commit()
     with pytest.raises(InvalidInput, match="already used"):
-        twofactor.verify_code(user, code_at(secret, NOW.timestamp()), now=NOW)
+        twofactor.verify_code(user, code, now=NOW)
 
 
 def test_drift_of_one_step_is_allowed_and_two_is_not(app, ctx):
@@ -202,7 +205,7 @@ def test_sign_in_asks_for_the_code_and_refuses_a_replay(app, client, user):
     wrong = client.post("/login/2fa", data={"code": "000000"})
     assert wrong.status_code == 400 and "not right" in wrong.get_data(as_text=True)
 
-    # enable_totp confirmed with the previous step's code: the current one is unused.
+    # The code that confirmed the set-up may still be the current one: it is not spent.
     code = code_at(secret, time.time())
     ok = client.post("/login/2fa", data={"code": code})
     assert ok.status_code == 302 and ok.headers["Location"].endswith("/keys")

@@ -45,13 +45,12 @@ def code_at(secret: str, unix: float) -> str:
 
 
 def enable_totp(client) -> tuple[str, list[str]]:
-    """Through the pages: GET /account/2fa, then POST a code. Returns the secret and the ten
-    recovery codes shown. The code is the previous time step's (accepted: clocks drift), so
-    the current step's code is still unused for the sign-in a test does next."""
+    """Through the pages: GET /account/2fa, then POST the current code. Returns the secret
+    and the ten recovery codes shown."""
     import time
 
     secret = page_secret(client.get("/account/2fa").get_data(as_text=True))
-    response = client.post("/account/2fa", data={"code": code_at(secret, time.time() - 30)})
+    response = client.post("/account/2fa", data={"code": code_at(secret, time.time())})
     assert response.status_code == 200, response.get_data(as_text=True)
     codes = recovery_codes(response.get_data(as_text=True))
     assert len(codes) == 10

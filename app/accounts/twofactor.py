@@ -156,8 +156,8 @@ def check_enrollment_code(secret: str, code: object, *, now: datetime) -> int:
     step = matching_step(secret, digits, now=now)
     if step is None:
         raise InvalidInput(
-            "That code does not match. Check that your phone's clock is right and enter the "
-            "current code.",
+            "That code does not match the key on this page. If you reloaded the page, scan "
+            "the new QR code; check that your phone's clock is right.",
             field="code",
         )
     return step
@@ -165,16 +165,18 @@ def check_enrollment_code(secret: str, code: object, *, now: datetime) -> int:
 
 def enable_totp(*, user: User, secret: str, code: object, now: datetime, actor: Actor) -> list[str]:
     """Turn TOTP on after the user proved their app has `secret`; returns the ten recovery
-    codes, to be shown once. The code used to confirm is spent (its step is recorded)."""
+    codes, to be shown once. The confirming code is no sign-in, so it is not spent: the
+    first sign-in may use the code the app still shows (what people do right after set-up);
+    from then on each code is accepted once."""
     if has_totp(user):
         raise Conflict("Two-factor authentication is already on for this account.")
-    step = check_enrollment_code(secret, code, now=now)
+    check_enrollment_code(secret, code, now=now)
     db.session.add(
         TotpFactor(
             user_id=user.id,
             secret_sealed=secretbox.seal(secret, purpose=SEAL_PURPOSE),
             enabled_at=now,
-            last_used_step=step,
+            last_used_step=None,
         )
     )
     codes = _replace_recovery_codes(user=user, now=now)
