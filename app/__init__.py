@@ -58,13 +58,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.api import init_app as init_api
     from app.auth import bp as auth_bp
     from app.portal import bp as portal_bp
+    from app.twofactor import bp as twofactor_bp
+    from app.twofactor import gate as twofactor_gate
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(portal_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(invites_bp)
+    app.register_blueprint(twofactor_bp)
     init_api(app)
     _browser_only(app, browser_hooks)
+    twofactor_gate.init_app(app)
 
     from app.auth import signin
     from app.auth.reset_mail import mailer
@@ -82,7 +86,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 # The blueprints of the browser portal: CSRF-checked forms and session cookies. Every
 # route that changes state outside /api/ must live in one of them (a test checks).
-BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites")
+BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites", "twofactor")
 
 
 def _hooks_added_by(app: Flask, init) -> list[tuple[str, object]]:

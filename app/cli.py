@@ -114,6 +114,25 @@ def users_set_password(email: str, password: str):
     click.echo(f"Password set for {user.email}; {ended} session{'' if ended == 1 else 's'} ended")
 
 
+@users_cli.command("reset-2fa")
+@click.argument("email")
+def users_reset_2fa(email: str):
+    """Remove a user's TOTP, recovery codes and passkeys (they lost them); ends their sessions."""
+    from app.accounts import twofactor
+
+    user = accounts.get_user_by_email(email)
+    if user is None:
+        fail(f"No user with email {email}")
+    removed = twofactor.reset_second_factors(user=user, now=utcnow(), actor=Actor.cli())
+    db.session.commit()
+    click.echo(
+        f"Reset two-factor authentication for {user.email}: "
+        f"authenticator app {'removed' if removed['totp'] else 'not set up'}, "
+        f"{removed['recovery_codes']} recovery codes and {removed['passkeys']} passkeys removed; "
+        "their sessions have ended."
+    )
+
+
 @keys_cli.command("issue")
 @click.option("--email", required=True, help="Owner of the key.")
 @click.option("--name", required=True, help="Key name (1-100 characters).")

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -58,6 +59,8 @@ class Tenant(db.Model):
     member_scopes: Mapped[str | None] = mapped_column(Text)  # space-separated; NULL = all
 
     users: Mapped[list[User]] = relationship(back_populates="tenant")
+    # Members must have a second factor (TOTP or a passkey) before they may use the portal.
+    require_2fa: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class User(UserMixin, db.Model):
@@ -271,3 +274,44 @@ class FormSubmission(db.Model):
     purpose: Mapped[str] = mapped_column(String(32))  # "key.new" | "key.rotate" | "invite"
     result: Mapped[str] = mapped_column(String(254))  # a key id, an invited address
     created_at: Mapped[datetime] = mapped_column(UnixTime)
+
+
+class TotpFactor(db.Model):
+    """A user's authenticator app (RFC 6238). The seed is sealed with app/secretbox.py; the
+    last accepted time step makes every code single-use."""
+
+    __tablename__ = "totp_factors"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    enabled_at: Mapped[datetime] = mapped_column(UnixTime)
+    last_used_step: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RecoveryCode(db.Model):
+    """A single-use recovery code; only its keyed digest is stored."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    used_at: Mapped[datetime | None] = mapped_column(UnixTime)
+
+
+class Passkey(db.Model):
+    """A WebAuthn credential: only its public key and counter are kept."""
+
+    __tablename__ = "passkeys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    credential_id: Mapped[str] = mapped_column(String(1400), unique=True)  # base64url
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)  # COSE
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    user_handle: Mapped[str] = mapped_column(String(128))  # base64url, the same for one user
+    transports: Mapped[str | None] = mapped_column(String(200))  # space-separated hints
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UnixTime)

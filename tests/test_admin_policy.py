@@ -90,6 +90,7 @@ def test_policy_page_shows_defaults_and_saves_with_an_audit_event(app, signed_in
             "max_key_lifetime_days": 30,
             "require_expiry": True,
             "member_scopes": ["api:read", "keys:read"],
+            "require_2fa": False,
         }
         assert event.actor == "alice@example.com"
     page = BeautifulSoup(signed_in.get("/admin/policy").get_data(as_text=True), "html.parser")

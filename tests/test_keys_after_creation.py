@@ -138,7 +138,7 @@ def test_a_member_cannot_grant_a_scope_the_policy_keeps_from_members(app, client
         ({"name": ""}, "name", "name"),
         ({"name": "x" * 101}, "name", "100"),
         ({"description": "d" * 101}, "description", "100"),
-        ({"description": "zero\u200bwidth"}, "description", "invisible"),
+        ({"description": "zero\u200bwidth"}, "description", "zero-width"),
         ({"description": "bell\x07"}, "description", "control"),
         ({"scopes": []}, "scopes", "at least one scope"),
         ({"scopes": ["root:everything"]}, "scopes", "root:everything"),

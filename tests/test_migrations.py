@@ -25,6 +25,9 @@ TABLES = {
     "user_sessions",
     "password_resets",
     "form_submissions",
+    "totp_factors",
+    "recovery_codes",
+    "passkeys",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(

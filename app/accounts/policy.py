@@ -103,6 +103,7 @@ def update_policy(
     member_scopes: Iterable[str],
     actor: Actor,
     now: datetime,
+    require_2fa: bool | None = None,
 ) -> None:
     if not 0 <= max_key_lifetime_days <= 3650:
         raise InvalidInput(
@@ -117,6 +118,8 @@ def update_policy(
     tenant.require_expiry = bool(require_expiry)
     ordered = [s for s in ALL_SCOPES if s in chosen]
     tenant.member_scopes = None if len(ordered) == len(ALL_SCOPES) else " ".join(ordered)
+    if require_2fa is not None:  # None: this caller does not manage it (left as it is)
+        tenant.require_2fa = bool(require_2fa)
     after = policy_dict(tenant)
     if before != after:
         audit.record(
@@ -136,4 +139,5 @@ def policy_dict(tenant: Tenant) -> dict:
         "max_key_lifetime_days": tenant.max_key_lifetime_days,
         "require_expiry": bool(tenant.require_expiry),
         "member_scopes": member_scope_list(tenant),
+        "require_2fa": bool(tenant.require_2fa),
     }

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from app import audit
 from app.accounts.passwords import check_password_rules, hash_password, verify_password
+from app.accounts.twofactor import has_second_factor
 from app.audit import Actor
 from app.errors import InvalidInput
 from app.extensions import db
@@ -191,9 +192,14 @@ def authenticate(*, email: str, password: str, now: datetime, actor: Actor) -> U
         return None
     if new_hash:
         user.password_hash = new_hash
-    user.last_login_at = now
+    if has_second_factor(user):
+        # Half way: "auth.login" is written once the second factor passes (/login/2fa).
+        action = "auth.password_verified"
+    else:
+        action = "auth.login"
+        user.last_login_at = now
     audit.record(
-        "auth.login",
+        action,
         actor=Actor("user", user.email, actor.ip, actor.user_agent),
         now=now,
         tenant_id=user.tenant_id,

@@ -26,6 +26,7 @@ class PolicyForm(FlaskForm):
     )
     # "yes" once the admin confirmed that members may grant no scope (and so create no key).
     confirm_no_member_scopes = HiddenField()
+    require_2fa = BooleanField("Members must use two-factor authentication")
 
 
 class InviteForm(FlaskForm):

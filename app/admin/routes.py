@@ -17,7 +17,7 @@ from flask_login import current_user
 
 from app import once
 from app.accounts import members as members_service
-from app.accounts import policy
+from app.accounts import policy, twofactor
 from app.admin import auditlog, bp, inventory
 from app.admin.forms import InviteForm, PolicyForm, RoleForm
 from app.auth.sudo import sudo_required
@@ -156,6 +156,7 @@ def policy_page():
         form.max_key_lifetime_days.data = tenant.max_key_lifetime_days or 0
         form.require_expiry.data = bool(tenant.require_expiry)
         form.member_scopes.data = policy.member_scope_list(tenant)
+        form.require_2fa.data = bool(tenant.require_2fa)
     elif (
         form.validate_on_submit()
         and not form.member_scopes.data
@@ -171,6 +172,7 @@ def policy_page():
                 max_key_lifetime_days=form.max_key_lifetime_days.data,
                 require_expiry=form.require_expiry.data,
                 member_scopes=form.member_scopes.data or [],
+                require_2fa=form.require_2fa.data,
                 actor=request_actor(),
                 now=utcnow(),
             )
@@ -197,6 +199,7 @@ def _members_page(invite_form=None, *, issued=None, mailed=False, status=200, al
         "admin/members.html",
         members=members_service.list_members(tenant=tenant, now=now),
         invites=members_service.pending_invites(tenant=tenant, now=now),
+        second_factor_ids=twofactor.users_with_second_factor(tenant_id=tenant.id),
         invite_form=invite_form or InviteForm(formdata=None),  # empty after a success
         role_form=RoleForm(),
         form=ConfirmForm(),

@@ -6,7 +6,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask_login import current_user, login_required
 
 from app import audit, mail
-from app.accounts import credentials
+from app.accounts import credentials, twofactor
 from app.auth import bp
 from app.auth.forms import ForgotPasswordForm, ResetPasswordForm, SudoForm
 from app.auth.reset_mail import ResetJob, mailer
@@ -42,15 +42,18 @@ def _typed_account_key() -> str:
 
 
 def has_second_factor(user: User) -> bool:
-    """Whether /sudo asks for `code` besides the password. The two-factor work answers this
-    (TOTP or a passkey enrolled); until it is wired in, nobody has one."""
-    return False
+    """Whether /sudo asks for `code` besides the password (TOTP or a passkey enrolled)."""
+    return twofactor.has_second_factor(user)
 
 
 def _second_factor_ok(user: User, code: str) -> bool:
-    """Checks a TOTP or recovery code for /sudo: wired to the two-factor work's verify
-    function at merge. Only asked when has_second_factor(user)."""
-    return False
+    """A TOTP or unused recovery code (spent when it passes); only asked when
+    has_second_factor(user)."""
+    try:
+        twofactor.verify_code(user, code, now=utcnow())
+    except InvalidInput:
+        return False
+    return True
 
 
 def _reauthenticated(user: User, form: SudoForm) -> bool:

@@ -7,7 +7,8 @@ from flask_login import current_user, login_required
 from sqlalchemy.exc import IntegrityError
 
 from app.accounts import service as accounts
-from app.auth import bp
+from app.accounts import twofactor
+from app.auth import bp, second_step
 from app.auth.forms import LoginForm, RegisterForm
 from app.auth.signin import complete_sign_in, sign_out
 from app.clock import utcnow
@@ -45,6 +46,25 @@ def _login_limit() -> str:
 
 def _login_account_key() -> str:
     return "login-account:" + (request.form.get("email") or "").strip().lower()[:254]
+
+
+def _pending_account_key() -> str:
+    # The half-signed-in account (never a form field, which the client could point at
+    # another account): the same key as its password attempts.
+    return "login-account:" + second_step.pending_email()
+
+
+# One budget for every sign-in attempt, password, code or passkey: per client address and
+# per account (shared scopes: a code guess spends what a password guess spends).
+sign_in_ip_limit = limiter.shared_limit(
+    _login_limit, scope="sign-in-ip", key_func=client_ip, methods=["POST"]
+)
+sign_in_account_limit = limiter.shared_limit(
+    _login_limit, scope="sign-in-account", key_func=_login_account_key, methods=["POST"]
+)
+second_step_account_limit = limiter.shared_limit(
+    _login_limit, scope="sign-in-account", key_func=_pending_account_key, methods=["POST"]
+)
 
 
 @bp.route("/register", methods=["GET", "POST"])
@@ -95,8 +115,8 @@ def _email_has_account(email: str) -> bool:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(_login_limit, methods=["POST"], key_func=client_ip)
-@limiter.limit(_login_limit, methods=["POST"], key_func=_login_account_key)
+@sign_in_ip_limit
+@sign_in_account_limit
 def login():
     if current_user.is_authenticated and request.method == "GET":
         return redirect(safe_next(request.args.get("next")))
@@ -111,8 +131,13 @@ def login():
         )
         db.session.commit()  # the audit event of a failure is kept too
         if user is not None:
+            target = safe_next(request.args.get("next") or request.form.get("next"))
+            if twofactor.has_second_factor(user):
+                # Not signed in yet: only a short-lived marker until the second factor.
+                second_step.start(user, next_url=target, now=utcnow())
+                return redirect(url_for("twofactor.login_2fa"))
             complete_sign_in(user, method="password")
-            return redirect(safe_next(request.args.get("next") or request.form.get("next")))
+            return redirect(target)
         error = GENERIC_LOGIN_ERROR
     elif request.method == "POST":
         # A missing field gets the same answer as wrong credentials. (A bad CSRF token never

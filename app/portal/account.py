@@ -14,6 +14,7 @@ from app.errors import InvalidInput, NotFound
 from app.extensions import db
 from app.key_actions import ConfirmForm
 from app.portal import bp
+from app.twofactor.routes import security_context
 from app.web import csrf_failed
 from app.web_actor import request_actor
 
@@ -29,19 +30,21 @@ def _entries():
     )
 
 
-def _account_page(form: ChangePasswordForm | None = None, status: int = 200):
+def account_page(form: ChangePasswordForm | None = None, status: int = 200, **extra):
+    """/account; `extra` carries a section's error (e.g. a passkey rename refused)."""
     html = render_template(
         "portal/account.html",
         password_form=form or ChangePasswordForm(formdata=None),
         entries=_entries(),
         form=ConfirmForm(),
+        **(security_context() | extra),
     )
     return html, status
 
 
 @bp.get("/account")
 def account():
-    return _account_page()
+    return account_page()
 
 
 @bp.post("/account/password")
@@ -51,7 +54,7 @@ def change_password():
     if not form.validate_on_submit():
         if csrf_failed(form):
             abort(400)
-        return _account_page(form, 400)
+        return account_page(form, 400)
     try:
         ended = credentials.change_password(
             user=current_user,
@@ -64,7 +67,7 @@ def change_password():
     except InvalidInput as exc:
         db.session.rollback()
         getattr(form, exc.field or "password").errors.append(str(exc))
-        return _account_page(form, 400)
+        return account_page(form, 400)
     renew_session(sudo=True)  # the password was just proved: a new id, sudo mode again
     db.session.commit()
     others = f"{ended} other session{'' if ended == 1 else 's'}"

@@ -92,7 +92,9 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
          "--bind", f"127.0.0.1:{port}", "--chdir", str(ROOT), "app:create_app()"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    live.url = f"http://127.0.0.1:{port}"
+    # localhost, not 127.0.0.1: WebAuthn (passkeys) accepts a host name as relying party id,
+    # never an IP address.
+    live.url = f"http://localhost:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:

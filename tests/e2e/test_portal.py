@@ -144,7 +144,7 @@ def test_sign_out_and_sign_in(page, axe_path):
 
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill("not the password")
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("alert")).to_have_text("Incorrect email or password.")
     check_a11y(page, axe_path, "login with an error")
 

@@ -7,6 +7,7 @@ The pictures are a by-product; the test itself checks what they are meant to sho
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -158,3 +159,16 @@ def test_screenshots(demo, screenshots, axe_path, new_context, server):
         assert action in actions, action
     check_a11y(page, axe_path, "audit log")
     shoot(page, screenshots, "admin-audit.png")
+
+
+def test_two_factor_screenshot(new_context, screenshots, axe_path):
+    """The set-up page of an authenticator app: the QR code, the key it holds, the form."""
+    page = new_context(viewport={"width": 1280, "height": 900}).new_page()
+    register(page, "lin@acme.example", "Acme Analytics")
+    page.goto("/account/2fa")
+    secret = page.locator("#totp-secret").inner_text().strip()
+    assert re.fullmatch(r"[A-Z2-7]{32}", secret), secret
+    box = page.locator(".qr svg").bounding_box()
+    assert box and box["width"] >= 120  # large enough to scan from a screen
+    check_a11y(page, axe_path, "two-factor set-up")
+    shoot(page, screenshots, "two-factor-setup.png", full_page=True)
