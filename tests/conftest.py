@@ -37,6 +37,7 @@ def _test_config(overrides: dict) -> dict:
         "KEYDESK_ARGON2": FAST_ARGON2,
         "WTF_CSRF_ENABLED": False,
         "RATELIMIT_STORAGE_URI": "memory://",
+        "KEYDESK_USAGE_BACKGROUND": False,  # usage written inline: tests read it at once
     }
     config.update(overrides)
     return config
@@ -51,6 +52,7 @@ def make_app(tmp_path, **overrides) -> Flask:
         "KEYDESK_ARGON2": FAST_ARGON2,
         "WTF_CSRF_ENABLED": False,
         "RATELIMIT_STORAGE_URI": "memory://",
+        "KEYDESK_USAGE_BACKGROUND": False,  # usage written inline: tests read it at once
     }
     config.update(overrides)
     app = create_app(config)

@@ -42,9 +42,16 @@ def init_app(app) -> None:
 
     with app.app_context():
         app.extensions["keydesk.authenticator"] = Authenticator(
-            db.engine, app.config["KEYDESK_KEY_PEPPER"].encode()
+            db.engine,
+            app.config["KEYDESK_KEY_PEPPER"].encode(),
+            cache_ttl=float(app.config.get("KEYDESK_AUTH_CACHE_TTL", 60) or 0),
+            heartbeat=app.config.get("KEYDESK_AUTH_FEED_HEARTBEAT"),
         )
-    app.extensions["keydesk.usage"] = UsageRecorder()
+        authn = app.extensions["keydesk.authenticator"]
+        app.extensions["keydesk.limits"].attach_feed(authn.feed, db.engine)
+    app.extensions["keydesk.usage"] = UsageRecorder(
+        app, background=bool(app.config.get("KEYDESK_USAGE_BACKGROUND", True))
+    )
     atexit.register(_flush_at_exit, weakref.ref(app))  # weak: an app may go away first
 
 
@@ -52,6 +59,7 @@ def _flush_at_exit(app_ref) -> None:
     """Write the counts still buffered in this process (gunicorn worker shutdown, Ctrl-C)."""
     app = app_ref()
     if app is not None and app.extensions["keydesk.usage"].pending_count():
+        app.extensions["keydesk.usage"].drain(timeout=5)
         with app.app_context():
             app.extensions["keydesk.usage"].flush_all(int(time.time()))
 
@@ -96,7 +104,7 @@ def authenticate_request() -> KeyContext:
     limits.charge(limits.per_key, ctx.key_id, "this API key", environ, now)
     recorder: UsageRecorder = extensions["keydesk.usage"]
     if recorder.note(ctx, ip, int(now)):
-        recorder.flush(ctx, int(now))
+        recorder.submit(ctx, int(now))
     return ctx
 
 
