@@ -327,9 +327,16 @@ _UPDATE = re.compile(r'^\s*UPDATE\s+"?(\w+)"?\s+SET\s+(.*?)(?:\s+WHERE\s+(.*))?$
 _DELETE = re.compile(r'^\s*DELETE\s+FROM\s+"?(\w+)"?(?:\s+WHERE\s+(.*))?$', re.I | re.S)
 _SET_COLUMN = re.compile(r'(?:^|,)\s*"?(\w+)"?\s*=')
 _BY_ROW = re.compile(
-    r'^(?:"?\w+"?\.)?"?(id|key_id)"?\s*=\s*(\?|%s|%\((\w+)\)s|:(\w+))\s*(?:RETURNING\b.*)?$',
+    r'^\s*(?:"?\w+"?\.)?"?(id|key_id|user_id|tenant_id)"?\s*=\s*(\?|%s|%\((\w+)\)s|:(\w+))(?:::\w+)?(.*)$',
     re.I | re.S,
 )
+_RETURNING = re.compile(r"\s+RETURNING\b.*$", re.I | re.S)
+# (table, column the WHERE starts with) -> the cache target kind it names.
+_TARGET_KIND = {
+    ("api_keys", "id"): "k", ("api_keys", "key_id"): "K", ("api_keys", "user_id"): "u",
+    ("api_keys", "tenant_id"): "t", ("users", "id"): "u", ("users", "tenant_id"): "t",
+    ("tenants", "id"): "t",
+}  # fmt: skip
 PENDING = "keydesk.auth_targets"
 
 
@@ -361,23 +368,48 @@ def classify(statement: str, parameters, executemany: bool) -> list[str] | None:
             return None
     else:
         return ["*"]  # TRUNCATE, DDL, a CTE, MERGE...: cannot tell which rows
-    by_row = _BY_ROW.match(where or "")
+    return _targets(statement, table, _RETURNING.sub("", where or ""), parameters, executemany)
+
+
+def _targets(statement: str, table: str, where: str, parameters, executemany: bool) -> list[str]:
+    """Targets when the WHERE clause starts with `<column> = <one parameter>` and anything
+    after it is ANDed on (so the rows changed are among those that column names);
+    otherwise everything."""
+    by_row = _BY_ROW.match(where)
     if not by_row:
         return ["*"]
-    column, marker, pyformat, named = by_row.groups()
-    name = pyformat or named
-    rows = parameters if executemany else [parameters]
-    prefix = WATCHED[table] if column.lower() == "id" else ("K" if table == "api_keys" else None)
-    if prefix is None:
+    column, marker, pyformat, named, rest = by_row.groups()
+    kind = _TARGET_KIND.get((table, column.lower()))
+    if kind is None or not _only_ands(rest):
         return ["*"]
+    name = pyformat or named
+    # Positional: the parameter's index is the number of placeholders before it.
+    index = None if name else statement[: len(statement) - len(rest)].count(marker) - 1
     targets = []
-    for params in rows:
+    for params in parameters if executemany else [parameters]:
         try:
-            value = params[name] if name else params[-1]
+            value = params[name] if name else params[index]
         except (KeyError, IndexError, TypeError):
             return ["*"]
-        targets.append(f"{prefix}:{value}")
+        targets.append(f"{kind}:{value}")
     return targets
+
+
+def _only_ands(rest: str) -> bool:
+    rest = rest.strip()
+    if not rest:
+        return True
+    if not re.match(r"AND\b", rest, re.I):
+        return False
+    depth = 0
+    for part in re.findall(r"\(|\)|\bOR\b|'(?:[^']|'')*'", rest, re.I):
+        if part == "(":
+            depth += 1
+        elif part == ")":
+            depth -= 1
+        elif part.upper() == "OR" and depth == 0:
+            return False
+    return True
 
 
 def _before(conn, cursor, statement, parameters, context, executemany) -> None:
