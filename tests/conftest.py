@@ -24,6 +24,7 @@ from app import create_app
 from app.audit import Actor
 from app.clock import utcnow
 from app.extensions import db
+from tests.emitter_check import emitter_check  # noqa: F401  (autouse: checks the whole run)
 
 PASSWORD = "a long test passphrase 42"
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}

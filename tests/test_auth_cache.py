@@ -300,6 +300,36 @@ def test_sqlite_has_no_cache(app):
 
 # --- the one place: nothing writes keys, users or tenants around SQLAlchemy ------------
 
+
+@pytest.mark.parametrize("fault", ["emitter unhooked", "emitter says nothing changed"])
+def test_the_run_wide_check_catches_a_write_that_does_not_emit(
+    make_pg_app, emitter_check, monkeypatch, fault
+):
+    """tests/emitter_check.py watches every statement of the run; show that it fails when
+    a revocation does not emit (then forget what this test caused on purpose)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    app = make_pg_app()
+    create_user(app)
+    key = issue_key(app)
+    seen = len(emitter_check)
+    if fault == "emitter unhooked":
+        event.remove(Engine, "before_cursor_execute", auth_feed._before)
+    else:
+        monkeypatch.setattr(auth_feed, "classify", lambda *args: None)
+    try:
+        with app.app_context():
+            _change_key(app, key, "revoke")
+    finally:
+        if fault == "emitter unhooked":
+            event.listen(Engine, "before_cursor_execute", auth_feed._before)
+    caught = emitter_check[seen:]
+    del emitter_check[seen:]
+    assert caught, "the check missed a revocation that sent no invalidation"
+    assert all("UPDATE api_keys" in c for c in caught), caught
+
+
 RAW_ACCESS = re.compile(
     r"raw_connection\(|\.dbapi_connection|driver_connection|psycopg\.connect\(|sqlite3\.connect\("
 )
