@@ -96,8 +96,10 @@ def authenticate_request() -> KeyContext:
     now = time.time()
     ip = client_ip(environ)
     limits: ApiLimits = extensions["keydesk.limits"]
-    limits.check_auth_failures(ip, now)  # over its failure budget: 429 before any key check
-    ctx = extensions["keydesk.authenticator"].authenticate(bearer_token(environ), now=int(now))
+    authn: Authenticator = extensions["keydesk.authenticator"]
+    live = authn.feed is not None and authn.feed.live(time.monotonic())  # once per request
+    limits.check_auth_failures(ip, now, live)  # over its failure budget: 429 before any key
+    ctx = authn.authenticate(bearer_token(environ), now=int(now), live=live)
     if ctx.allowed_ips and not ip_allowed(ctx.allowed_ips, ip):
         raise IpNotAllowed()
     g.key = ctx

@@ -326,14 +326,15 @@ class ApiLimits:
         if count > limit.amount:
             raise RateLimited(f"Rate limit of {limit.text} for {what} exceeded", limit, reset_at)
 
-    def check_auth_failures(self, ip: str, now: float) -> None:
-        """Before any key check: 429 when `ip` used up its failed-authentication budget."""
+    def check_auth_failures(self, ip: str, now: float, live: bool | None = None) -> None:
+        """Before any key check: 429 when `ip` used up its failed-authentication budget.
+        `live`: whether the auth feed is live, as the caller just found it."""
         limit = self.auth_failures
         feed = self.feed
         if (
             feed is not None
             and self.blocks_loaded_for == feed.reconnects
-            and feed.live(time.monotonic())
+            and (feed.live(time.monotonic()) if live is None else live)
         ):
             # The feed is live and brought every block since it connected: no round trip.
             until = self.blocked.get(ip)

@@ -125,14 +125,18 @@ class Authenticator:
                 conninfo, self.cache, **({"heartbeat": heartbeat} if heartbeat else {})
             )
 
-    def row(self, key_id: str) -> tuple | None:
-        """lookup(), served from the cache while the feed is live (fail closed otherwise)."""
+    def feed_live(self) -> bool:
+        return self.feed is not None and self.feed.live(time.monotonic())
+
+    def row(self, key_id: str, live: bool | None = None) -> tuple | None:
+        """lookup(), served from the cache while the feed is live (fail closed otherwise).
+        `live`: feed_live() as the caller found it a moment ago (one check per request)."""
         cache = self.cache
         if cache is None:
             return self.lookup(key_id)
         now = time.monotonic()
         feed = self.feed
-        if not feed.live(now):
+        if not (feed.live(now) if live is None else live):
             feed.ensure_started()  # cheap when running; a lookup meanwhile, as uncached
             return self.lookup(key_id)
         row = cache.get(key_id, now)
@@ -206,9 +210,9 @@ class Authenticator:
         for _, conn in idle:
             _close_quietly(conn)
 
-    def authenticate(self, token: str, *, now: int) -> KeyContext:
+    def authenticate(self, token: str, *, now: int, live: bool | None = None) -> KeyContext:
         parsed = keyformat.parse(token)  # raises KeyInvalid without I/O
-        row = self.row(parsed.key_id)
+        row = self.row(parsed.key_id, live)
         digest = self._digest(parsed.secret)
         stored = bytes(row[2]) if row is not None else _DUMMY_DIGEST
         if not hmac.compare_digest(digest, stored) or row is None:
