@@ -45,7 +45,6 @@ def init_app(app) -> None:
             db.engine,
             app.config["KEYDESK_KEY_PEPPER"].encode(),
             cache_ttl=float(app.config.get("KEYDESK_AUTH_CACHE_TTL", 60) or 0),
-            heartbeat=app.config.get("KEYDESK_AUTH_FEED_HEARTBEAT"),
         )
         authn = app.extensions["keydesk.authenticator"]
         app.extensions["keydesk.limits"].attach_feed(authn.feed, db.engine)

@@ -233,7 +233,7 @@ class AuthFeed:
 
     def _down(self) -> None:
         self._fd = None  # before the socket closes: its number may be reused
-        if self.connected:
+        if self.connected and not self._stop.is_set():  # stop() is no outage
             log.warning("auth cache feed down; looking keys up in the database until it is back")
         self.connected = False
         self.cache.clear()
