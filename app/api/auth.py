@@ -96,7 +96,7 @@ def authenticate_request() -> KeyContext:
     ip = client_ip(environ)
     limits: ApiLimits = extensions["keydesk.limits"]
     authn: Authenticator = extensions["keydesk.authenticator"]
-    live = authn.feed is not None and authn.feed.live(time.monotonic())  # once per request
+    live = authn.feed_live()  # once per request
     limits.check_auth_failures(ip, now, live)  # over its failure budget: 429 before any key
     ctx = authn.authenticate(bearer_token(environ), now=int(now), live=live)
     if ctx.allowed_ips and not ip_allowed(ctx.allowed_ips, ip):
