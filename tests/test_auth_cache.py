@@ -354,3 +354,16 @@ def test_no_code_reaches_the_database_around_sqlalchemy():
     assert found == {}, f"raw DBAPI access outside {sorted(ALLOWED_RAW)}: {found}"
     authn = (ROOT / "app/keys/authn.py").read_text()
     assert not re.search(r"\b(UPDATE|INSERT|DELETE)\b", authn.split("_LOOKUP")[1].split(")")[0])
+
+
+def test_feed_status_for_metrics(make_pg_app):
+    app = make_pg_app()
+    create_user(app)
+    key = issue_key(app)
+    feed = app.extensions["keydesk.authenticator"].feed
+    assert auth_feed.status(feed)["state"] == "down"  # not started before the first call
+    _warm(app, app.test_client(), key)
+    status = auth_feed.status(feed)
+    assert status["state"] == "live" and 0 <= status["lag_seconds"] < feed.max_silence
+    assert status["cached_keys"] == 1 and status["reconnects"] == 1
+    assert auth_feed.status(None)["state"] == "off"

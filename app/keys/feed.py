@@ -28,8 +28,9 @@ Besides evictions the feed carries "this address is blocked until T" (app/api/li
 publishes it when an address runs out of its failed-authentication budget), so a
 successful call needs no rate-limit storage round trip to learn that its address is fine.
 
-Feed state for metrics: `AuthFeed.state()`, `AuthFeed.lag()` and the plain attributes
-`connected`, `reconnects`, `evictions`, `confirmed_at`.
+Feed state for metrics: `status(feed)` below, or `AuthFeed.state()` ("down" | "lagging" |
+"live"), `AuthFeed.lag()` (seconds) and the plain attributes `connected`, `reconnects`,
+`evictions`, `confirmed_at`.
 """
 
 from __future__ import annotations
@@ -316,6 +317,21 @@ class AuthFeed:
         if blocks and self.on_block is not None:
             for ip, until in blocks:
                 self.on_block(ip, until)
+
+
+def status(feed: AuthFeed | None) -> dict:
+    """For metrics and health pages (no I/O): `app.extensions["keydesk.authenticator"].feed`."""
+    if feed is None:
+        return {"state": "off", "lag_seconds": None, "reconnects": 0, "evictions": 0,
+                "cached_keys": 0}  # fmt: skip
+    lag = feed.lag()
+    return {
+        "state": feed.state(),
+        "lag_seconds": None if lag == float("inf") else lag,
+        "reconnects": feed.reconnects,
+        "evictions": feed.evictions,
+        "cached_keys": len(feed.cache),
+    }
 
 
 # --- the one place that emits invalidations -------------------------------------------
