@@ -98,6 +98,11 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_SESSION_IDLE_MINUTES": _positive(env, "KEYDESK_SESSION_IDLE_MINUTES", 60),
         "KEYDESK_SESSION_MAX_HOURS": _positive(env, "KEYDESK_SESSION_MAX_HOURS", 24),
         "KEYDESK_SUDO_MINUTES": _positive(env, "KEYDESK_SUDO_MINUTES", 120),
+        # PostgreSQL: seconds a worker may keep a looked-up key behind its invalidation feed
+        # (app/keys/feed.py); 0 turns the cache off. SQLite is never cached.
+        "KEYDESK_AUTH_CACHE_TTL": float(env.get("KEYDESK_AUTH_CACHE_TTL", "60") or 0),
+        # Usage (last used, daily counts) written on a thread of the worker, off the request.
+        "KEYDESK_USAGE_BACKGROUND": _bool(env.get("KEYDESK_USAGE_BACKGROUND", "true")),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request

@@ -29,6 +29,7 @@ def main() -> None:
     with app.app_context():
         user = accounts.get_user_by_email(args.email)
         now, actor = utcnow(), Actor.cli()
+        slug = user.tenant.slug
 
         def issue(name: str):
             return keys.issue_key(
@@ -37,6 +38,11 @@ def main() -> None:
             )  # fmt: skip
 
         valid = [issue(f"bench valid {n}")[1] for n in range(args.valid)]
+        # For the propagation measurement: a key that may revoke the others through the API.
+        _, manager = keys.issue_key(
+            user=user, name="bench manager", scopes=("keys:write", "keys:read"),
+            expires_in_days=0, now=now, actor=actor,
+        )  # fmt: skip
         revoked_row, revoked = issue("bench revoked")
         expired_row, expired = issue("bench expired")
         db.session.flush()
@@ -56,6 +62,8 @@ def main() -> None:
                 "expired": expired,
                 "unknown": unknown,
                 "bad_checksum": bad_checksum,
+                "manager": manager,
+                "tenant": slug,
             }
         )
     )

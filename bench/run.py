@@ -1,6 +1,7 @@
 """Load benchmark: bare Flask vs /api/v1/ping vs /api/v1/me, side by side, under gunicorn + wrk.
 
     make bench                                   # 1,000 and 100,000 keys on SQLite
+    make bench BENCH_ARGS="--prod"               # + production: PostgreSQL, Redis, 2 workers, peer
     make bench BENCH_ARGS="--keys 1000,1000000 --db postgresql+psycopg://postgres@127.0.0.1/postgres"
     .venv/bin/python bench/run.py --help
 
@@ -99,14 +100,14 @@ def flask(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def gunicorn(env: dict, target: str, workers: int):
+def gunicorn(env: dict, target: str, workers: int, *, python=PYTHON, cwd=ROOT):
     port = free_port()
     proc = subprocess.Popen(
-        # bench/gunicorn.conf.py: both apps with gunicorn's defaults (no access log), not the
+        # bench/gunicorn.conf.py: every app with gunicorn's defaults (no access log), not the
         # repository's gunicorn.conf.py, so they are served exactly the same way.
-        [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "bench" / "gunicorn.conf.py"),
+        [str(python), "-m", "gunicorn", "-c", str(ROOT / "bench" / "gunicorn.conf.py"),
          "-w", str(workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning", target],
-        cwd=ROOT, env=env, start_new_session=True,
+        cwd=cwd, env=env, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     ping = "/api/v1/ping" if target.startswith("app:") else "/ping"
@@ -138,10 +139,13 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def wrk(url: str, token: str | None, *, duration: int, connections: int) -> dict:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+def wrk(
+    url: str, token: str | None, *, duration: int, connections: int, threads: int = 1,
+    scheme: str = "Bearer",
+) -> dict:  # fmt: skip
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url]
     if token:
-        cmd[1:1] = ["-H", f"Authorization: Bearer {token}"]
+        cmd[1:1] = ["-H", f"Authorization: {scheme} {token}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     try:
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -158,10 +162,10 @@ def wrk(url: str, token: str | None, *, duration: int, connections: int) -> dict
     }  # fmt: skip
 
 
-def check(url: str, token: str | None, expected: int) -> None:
+def check(url: str, token: str | None, expected: int, scheme: str = "Bearer") -> None:
     request = urllib.request.Request(url)
     if token:
-        request.add_header("Authorization", f"Bearer {token}")
+        request.add_header("Authorization", f"{scheme} {token}")
     try:
         status = urllib.request.urlopen(request, timeout=5).status
     except urllib.error.HTTPError as exc:
@@ -349,8 +353,9 @@ def env_default(name: str, default: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--keys", default=env_default("BENCH_KEYS", "1000,100000"),
-        help="comma-separated key counts (env BENCH_KEYS; default 1000,100000)",
+        "--keys", default=os.environ.get("BENCH_KEYS"),
+        help="comma-separated key counts (env BENCH_KEYS; default 1000,100000, with --prod"
+        " 100000) for the single-box table",
     )  # fmt: skip
     parser.add_argument(
         "--db", default=env_default("BENCH_DB", "sqlite"),
@@ -374,20 +379,47 @@ def main() -> None:
         help="also serve bench/lean_app.py (the lookup and nothing else) as a reference case",
     )  # fmt: skip
     parser.add_argument("--memory-keys", type=int, default=200, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--prod", action="store_true", default=bool(os.environ.get("BENCH_PROD")),
+        help="also the production configuration (bench/prod.py): PostgreSQL + Redis, several"
+        " workers, djangorestframework-api-key as the peer, and revocation propagation",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prod-db", default=env_default("BENCH_PROD_DB", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        help="the PostgreSQL server for --prod (its user may create databases)",
+    )  # fmt: skip
+    parser.add_argument("--prod-keys", type=int, default=100_000)
+    parser.add_argument("--prod-workers", type=int, default=2)
+    parser.add_argument("--prod-connections", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=200, help="propagation trials (--prod)")
     args = parser.parse_args()
+    args.keys = args.keys or ("100000" if args.prod else "1000,100000")
     # SIGTERM unwinds like Ctrl-C, so the gunicorn servers and databases are cleaned up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (make bench installs it: apt-get install wrk)")
     counts = [int(c.replace("_", "")) for c in args.keys.split(",")]
     results = [run_count(args, count) for count in counts]
+    prod = None
+    if args.prod:
+        sys.path.insert(0, str(ROOT))
+        from bench import prod as production
+
+        prod = production.run_prod(args, sys.modules[__name__])
     machine = machine_line()
-    text = table(results, args) + "\n" + machine
+    text = table(results, args)
+    if prod is not None:
+        text = (
+            "Production configuration (bench/prod.py)\n\n" + production.tables(prod, args)
+            + "\n\nSingle box (SQLite)\n\n" + text
+        )  # fmt: skip
+    text += "\n" + machine
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"{stamp}.txt").write_text(text + "\n")
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    payload = {"single_box": results, "prod": prod} if prod is not None else results
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
     log(f"results written to bench/results/{stamp}.txt and .json")
 
 

@@ -24,6 +24,7 @@ from app import create_app
 from app.audit import Actor
 from app.clock import utcnow
 from app.extensions import db
+from tests.emitter_check import emitter_check  # noqa: F401  (autouse: checks the whole run)
 
 PASSWORD = "a long test passphrase 42"
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
@@ -37,6 +38,7 @@ def _test_config(overrides: dict) -> dict:
         "KEYDESK_ARGON2": FAST_ARGON2,
         "WTF_CSRF_ENABLED": False,
         "RATELIMIT_STORAGE_URI": "memory://",
+        "KEYDESK_USAGE_BACKGROUND": False,  # usage written inline: tests read it at once
     }
     config.update(overrides)
     return config
@@ -51,6 +53,7 @@ def make_app(tmp_path, **overrides) -> Flask:
         "KEYDESK_ARGON2": FAST_ARGON2,
         "WTF_CSRF_ENABLED": False,
         "RATELIMIT_STORAGE_URI": "memory://",
+        "KEYDESK_USAGE_BACKGROUND": False,  # usage written inline: tests read it at once
     }
     config.update(overrides)
     app = create_app(config)

@@ -45,8 +45,13 @@ def init_app(app) -> None:
             db.engine,
             app.config["KEYDESK_KEY_PEPPER"].encode(),
             prefixes=frozenset({app.config["KEYDESK_KEY_PREFIX"]}),
+            cache_ttl=float(app.config.get("KEYDESK_AUTH_CACHE_TTL", 60) or 0),
         )
-    app.extensions["keydesk.usage"] = UsageRecorder()
+        authn = app.extensions["keydesk.authenticator"]
+        app.extensions["keydesk.limits"].attach_feed(authn.feed, db.engine)
+    app.extensions["keydesk.usage"] = UsageRecorder(
+        app, background=bool(app.config.get("KEYDESK_USAGE_BACKGROUND", True))
+    )
     atexit.register(_flush_at_exit, weakref.ref(app))  # weak: an app may go away first
 
 
@@ -54,6 +59,7 @@ def _flush_at_exit(app_ref) -> None:
     """Write the counts still buffered in this process (gunicorn worker shutdown, Ctrl-C)."""
     app = app_ref()
     if app is not None and app.extensions["keydesk.usage"].pending_count():
+        app.extensions["keydesk.usage"].drain(timeout=5)
         with app.app_context():
             app.extensions["keydesk.usage"].flush_all(int(time.time()))
 
@@ -90,15 +96,17 @@ def authenticate_request() -> KeyContext:
     now = time.time()
     ip = client_ip(environ)
     limits: ApiLimits = extensions["keydesk.limits"]
-    limits.check_auth_failures(ip, now)  # over its failure budget: 429 before any key check
-    ctx = extensions["keydesk.authenticator"].authenticate(bearer_token(environ), now=int(now))
+    authn: Authenticator = extensions["keydesk.authenticator"]
+    live = authn.feed_live()  # once per request
+    limits.check_auth_failures(ip, now, live)  # over its failure budget: 429 before any key
+    ctx = authn.authenticate(bearer_token(environ), now=int(now), live=live)
     if ctx.allowed_ips and not ip_allowed(ctx.allowed_ips, ip):
         raise IpNotAllowed()
     g.key = ctx
     limits.charge(limits.per_key, ctx.key_id, "this API key", environ, now)
     recorder: UsageRecorder = extensions["keydesk.usage"]
     if recorder.note(ctx, ip, int(now)):
-        recorder.flush(ctx, int(now))
+        recorder.submit(ctx, int(now))
     return ctx
 
 

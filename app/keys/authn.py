@@ -6,7 +6,10 @@ Runs on every API call, so it stays small and avoids the ORM:
    (no Session, no identity map, no pool checkout, no ping, no rollback);
 3. HMAC-SHA256(pepper, secret) compared in constant time;
 4. revoked / expired / grace decided from that one row (scopes and IPs by the caller).
-There is no positive cache: a revocation is seen by every worker on its next request.
+On PostgreSQL the row comes from a per-worker cache while its invalidation feed is live
+(app/keys/feed.py): no round trip for a key seen recently, and a change to the key, its
+user or its tenant evicts it in every worker within milliseconds of the commit. The
+decision is always made afresh from the row and the clock, never cached.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import threading
+import time
 from contextlib import suppress
 from functools import lru_cache
 from typing import NamedTuple
@@ -25,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 from app.database import configure_engine
 from app.errors import KeyExpired, KeyInvalid, KeyRevoked
 from app.keys import format as keyformat
+from app.keys.feed import AuthFeed, KeyCache, install_emitter
 
 _COLUMNS = (
     "k.id, k.key_id, k.digest, k.name, k.kind, k.scopes, k.allowed_ips, k.created_at,"
@@ -76,7 +81,10 @@ class KeyContext(NamedTuple):
 class Authenticator:
     """Bound once per app to its engine and pepper."""
 
-    def __init__(self, engine: Engine, pepper: bytes, prefixes: frozenset[str]) -> None:
+    def __init__(
+        self, engine: Engine, pepper: bytes, prefixes: frozenset[str], *,
+        cache_ttl: float | None = None, heartbeat: float | None = None,
+    ) -> None:  # fmt: skip
         self.pepper = pepper
         # The prefixes this deployment issues (KEYDESK_KEY_PREFIX). A token with any other
         # prefix is refused before the lookup: the checksum alone does not bind the prefix
@@ -91,7 +99,7 @@ class Authenticator:
         self.engine = create_engine(engine.url, isolation_level="AUTOCOMMIT")
         configure_engine(self.engine)  # SQLite: WAL, busy timeout, foreign keys
         # Whoever resets the app's engine (tests, a DB failover) resets these connections too.
-        event.listen(engine, "engine_disposed", lambda _engine: self.close_connections())
+        event.listen(engine, "engine_disposed", lambda _engine: self.close())
         param = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self.sql = _LOOKUP.format(param=param)
         dbapi = engine.dialect.loaded_dbapi
@@ -108,6 +116,40 @@ class Authenticator:
         self._idle: list = []
         self._generation = 0  # close_connections() bumps it: older connections are closed
         self._lock = threading.Lock()
+        # The cache, only where a feed can keep it honest (PostgreSQL); cache_ttl None or 0
+        # turns it off. SQLite is one machine, and its lookup (13 µs) costs less than a
+        # feed would: it stays uncached (DESIGN.md "The hot path").
+        self.cache: KeyCache | None = None
+        self.feed: AuthFeed | None = None
+        install_emitter()  # every write path, cache or not, goes through it
+        if cache_ttl and engine.dialect.name == "postgresql":
+            self.cache = KeyCache(ttl=cache_ttl)
+            conninfo = engine.url.set(drivername="postgresql").render_as_string(False)
+            self.feed = AuthFeed(
+                conninfo, self.cache, **({"heartbeat": heartbeat} if heartbeat else {})
+            )
+
+    def feed_live(self) -> bool:
+        return self.feed is not None and self.feed.live(time.monotonic())
+
+    def row(self, key_id: str, live: bool | None = None) -> tuple | None:
+        """lookup(), served from the cache while the feed is live (fail closed otherwise).
+        `live`: feed_live() as the caller found it a moment ago (one check per request)."""
+        cache = self.cache
+        if cache is None:
+            return self.lookup(key_id)
+        now = time.monotonic()
+        feed = self.feed
+        if not (feed.live(now) if live is None else live):
+            feed.ensure_started()  # cheap when running; a lookup meanwhile, as uncached
+            return self.lookup(key_id)
+        row = cache.get(key_id, now)
+        if row is None:
+            epoch = cache.epoch  # read BEFORE the lookup: see KeyCache.put
+            row = self.lookup(key_id)
+            if row is not None:
+                cache.put(key_id, row, epoch, now)
+        return row
 
     def lookup(self, key_id: str) -> tuple | None:
         """The key row joined with its tenant and user, or None. One indexed query.
@@ -157,6 +199,13 @@ class Authenticator:
         pooled.detach()  # from now on the pool does not know it: ours to close
         return generation, pooled.dbapi_connection
 
+    def close(self) -> None:
+        """Stop the feed (its next use starts it again; the cache is dropped) and close
+        the idle connections."""
+        if self.feed is not None:
+            self.feed.stop()
+        self.close_connections()
+
     def close_connections(self) -> None:
         """Close the idle connections; those in use are closed when their lookup ends."""
         with self._lock:
@@ -165,11 +214,11 @@ class Authenticator:
         for _, conn in idle:
             _close_quietly(conn)
 
-    def authenticate(self, token: str, *, now: int) -> KeyContext:
+    def authenticate(self, token: str, *, now: int, live: bool | None = None) -> KeyContext:
         parsed = keyformat.parse(token)  # raises KeyInvalid without I/O
         if parsed.prefix not in self.prefixes:
             raise KeyInvalid()
-        row = self.lookup(parsed.key_id)
+        row = self.row(parsed.key_id, live)
         digest = self._digest(parsed.secret)
         stored = bytes(row[2]) if row is not None else _DUMMY_DIGEST
         if not hmac.compare_digest(digest, stored) or row is None:

@@ -10,13 +10,23 @@ Buffers of keys that went quiet are written too: whenever this worker writes, it
 tries every buffer idle for a minute, and at exit (atexit, which gunicorn's graceful
 worker shutdown runs) it writes what is left without the minute gate. A killed worker
 loses at most its last minute of counts.
+
+The gate is this worker's own clock as well as the row's `last_used_at`: on PostgreSQL
+the row may come from the worker's key cache (app/keys/feed.py), which a usage write does
+not evict, so the row alone would say "due" on every request. With `background` (the
+default outside tests) the write runs on a thread of the worker after it is queued, so
+the request that made it due pays no round trip for it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
+import weakref
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -44,10 +54,16 @@ class _Pending:
 
 
 class UsageRecorder:
-    def __init__(self) -> None:
+    def __init__(self, app=None, *, background: bool = False) -> None:
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
         self._swept_at = 0  # when buffers of quiet keys were last looked for
+        self._next_try: dict[int, int] = {}  # key pk -> when this worker may write it again
+        self._app = weakref.ref(app) if app is not None else None
+        self._background = background and app is not None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_pid: int | None = None
 
     def note(self, ctx: KeyContext, ip: str, now: int) -> bool:
         """Count one request; True when this key is due for a database write."""
@@ -60,7 +76,48 @@ class UsageRecorder:
             pending.last_ip = ip
             pending.last_used = now
             pending.ctx = ctx
+        if now < self._next_try.get(ctx.pk, 0):
+            return False
         return ctx.last_used_at is None or now - ctx.last_used_at >= INTERVAL
+
+    def submit(self, ctx: KeyContext, now: int) -> None:
+        """Write this key's buffer (it is due): inline, or queued for the writer thread."""
+        self._next_try[ctx.pk] = now + INTERVAL
+        if len(self._next_try) > 10_000:  # forget keys whose minute is long over
+            self._next_try = {pk: t for pk, t in self._next_try.items() if t > now}
+        if not self._background:
+            self.flush(ctx, now)
+            return
+        if self._writer is None or not self._writer.is_alive() or self._writer_pid != os.getpid():
+            self._writer_pid = os.getpid()
+            self._writer = threading.Thread(target=self._write_queued, daemon=True,
+                                            name="keydesk-usage-writer")  # fmt: skip
+            self._writer.start()
+        self._queue.put((ctx, now))
+
+    def _write_queued(self) -> None:
+        while True:
+            ctx, now = self._queue.get()
+            if isinstance(ctx, _Marker):
+                ctx.done.set()
+                continue
+            app = self._app() if self._app is not None else None
+            if app is None:
+                return
+            try:
+                with app.app_context():
+                    self.flush(ctx, now)
+                    db.session.remove()
+            except Exception as exc:  # the thread must outlive a failed write
+                log.warning("usage writer: %s", type(exc).__name__)
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until the writer thread has written what was queued (tests, shutdown)."""
+        if self._writer is None or not self._writer.is_alive():
+            return
+        done = threading.Event()
+        self._queue.put((_Marker(done), 0))  # reached after everything queued before it
+        done.wait(timeout)
 
     def pending_count(self) -> int:
         with self._lock:
@@ -97,9 +154,11 @@ class UsageRecorder:
             return False
         try:
             won = _write(pending.ctx, pending, now, gate=gate)
-        except Exception:  # a failed bookkeeping write must not fail the API call
-            db.session.rollback()
-            log.warning("could not record usage of key %s", pending.ctx.key_id, exc_info=True)
+        except Exception as exc:  # a failed bookkeeping write must not fail the API call
+            with suppress(Exception):  # the connection may be gone too
+                db.session.rollback()
+            # No traceback: it is expected while the database is down, and retried later.
+            log.warning("could not record usage of key %s: %s", pending.ctx.key_id, exc)
             won = False
         if not won:
             pending.tried_at = now
@@ -116,6 +175,13 @@ class UsageRecorder:
             current.last_used = max(current.last_used, pending.last_used)
             current.ctx = current.ctx or pending.ctx
             current.tried_at = max(current.tried_at, pending.tried_at)
+
+
+class _Marker:
+    """Queued by drain(): the writer reaches it after everything queued before."""
+
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
 
 
 def _upsert(model, values: dict, index: list[str], set_: dict):
