@@ -72,6 +72,9 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_MAIL_URL": env.get("KEYDESK_MAIL_URL", ""),
         "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
         "KEYDESK_LEAK_REPORT_LIMIT": env.get("KEYDESK_LEAK_REPORT_LIMIT", "30 per minute"),
+        # Operations (app/metrics.py, app/logs.py): /metrics is 404 unless the token is set.
+        "KEYDESK_METRICS_TOKEN": env.get("KEYDESK_METRICS_TOKEN", ""),
+        "KEYDESK_LOG_FORMAT": env.get("KEYDESK_LOG_FORMAT", "text").strip().lower(),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request
