@@ -37,11 +37,6 @@ from pathlib import Path  # noqa: E402
 # id (app/observe.py puts both in environ; "-" when absent).
 access_log_format += " rid=%({keydesk.request_id}e)s key=%({keydesk.key_id}e)s"  # noqa: F821
 
-if os.environ.get("KEYDESK_LOG_FORMAT", "").strip().lower() == "json":
-    from app.logs import json_logger_class
-
-    logger_class = json_logger_class(logger_class)  # noqa: F821
-
 # prometheus-client multiprocess mode: every worker keeps its values in files in one
 # directory and /metrics sums them. The variable must be set here, in the master, before
 # any worker imports prometheus_client; the directory is emptied when gunicorn starts (a
@@ -50,6 +45,12 @@ if os.environ.get("KEYDESK_LOG_FORMAT", "").strip().lower() == "json":
 _METRICS_DIR_PREFIX = "keydesk-metrics-"
 if os.environ.get("KEYDESK_METRICS_TOKEN") and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
+
+# After the metrics directory is set: importing app.logs imports the app package.
+if os.environ.get("KEYDESK_LOG_FORMAT", "").strip().lower() == "json":
+    from app.logs import json_logger_class
+
+    logger_class = json_logger_class(logger_class)  # noqa: F821
 
 
 def _metrics_dir() -> Path | None:

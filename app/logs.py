@@ -85,8 +85,8 @@ def _request_fields() -> dict:
 
 def json_logger_class(base):
     """gunicorn's Logger class `base` (the scrubbing one in gunicorn.conf.py), writing every
-    error-log line and every access line as JSON."""
-    from app.observe import KEY_ID_KEY, REQUEST_ID_KEY
+    error-log line and every access line as JSON. (Called in gunicorn's master: imports
+    nothing that imports prometheus_client, see gunicorn.conf.py.)"""
 
     class JsonLogger(base):
         def setup(self, cfg):
@@ -98,6 +98,8 @@ def json_logger_class(base):
         def access(self, resp, req, environ, request_time):
             if not getattr(self, "access_log_enabled", self.access_log.handlers):
                 return
+            from app.observe import KEY_ID_KEY, REQUEST_ID_KEY
+
             try:
                 # base.atoms: whatever scrubbing gunicorn.conf.py applies to the text log.
                 atoms = self.atoms(resp, req, environ, request_time)

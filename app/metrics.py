@@ -26,16 +26,8 @@ import threading
 from collections import Counter as Tally
 
 from flask import Flask, Response, current_app, request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
 
 OUTCOMES = (
     "valid",
@@ -162,9 +154,10 @@ _children = _Children()
 _children_lock = threading.Lock()
 
 
-def observe(environ: dict, status: str, seconds: float) -> None:
-    """Record one request. The endpoint comes from the request Flask parsed (werkzeug keeps
-    it in environ); a URL that matched no route is `unmatched`, whatever its path."""
+def histogram_for(environ: dict, status: str):
+    """The histogram child for this request, to be called from start_response, while the
+    request Flask parsed is still in environ (Flask clears it when the request ends); a URL
+    that matched no route is `unmatched`, whatever its path."""
     req = environ.get("werkzeug.request")
     rule = getattr(req, "url_rule", None)
     endpoint = rule.endpoint if rule is not None else "unmatched"
@@ -178,7 +171,7 @@ def observe(environ: dict, status: str, seconds: float) -> None:
     if child is None:
         with _children_lock:
             child = _children[key]
-    child.observe(seconds)
+    return child
 
 
 # --- GET /metrics -----------------------------------------------------------------------
@@ -204,7 +197,9 @@ def metrics_view():
     authenticator = current_app.extensions.get("keydesk.authenticator")
     if authenticator is not None:
         export_feed_gauges(authenticator)
-    response = Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+    # The format the scraper asks for (Prometheus offers OpenMetrics and the text formats).
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    response = Response(encoder(_registry()), content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
 

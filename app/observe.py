@@ -108,16 +108,16 @@ class RequestObserver:
             return self.wsgi_app(environ, start)
 
         started = perf_counter()
-        statuses = []
+        histogram = []
 
         def start_timed(status, headers, exc_info=None):
-            statuses.append(status)
+            histogram.append(metrics.histogram_for(environ, status))
             headers.append(("X-Request-Id", rid))
             return start_response(status, headers, exc_info)
 
         result = self.wsgi_app(environ, start_timed)
-        if statuses:
-            metrics.observe(environ, statuses[-1], perf_counter() - started)
+        if histogram:
+            histogram[-1].observe(perf_counter() - started)
         return result
 
 
