@@ -13,6 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 
 .PHONY: run test lint format clean browser e2e bench screenshots
+.PHONY: prometheus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -46,6 +47,16 @@ APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; \
 
 $(CHROMIUM):
 	@$(call APT_INSTALL,chromium)
+
+# tests/test_operations_servers.py scrapes /metrics with Debian's Prometheus.
+PROMETHEUS := /usr/bin/prometheus
+
+prometheus: $(PROMETHEUS)
+
+$(PROMETHEUS):
+	@$(call APT_INSTALL,prometheus)
+
+test: prometheus
 
 $(AXE): package.json package-lock.json
 	@command -v npm >/dev/null || { $(call APT_INSTALL,npm); }
