@@ -87,6 +87,7 @@ format: $(STAMP)
 # Options: make bench BENCH_ARGS="--keys 1000,1000000 --db postgresql+psycopg://postgres@127.0.0.1/postgres"
 # or BENCH_KEYS / BENCH_DB / BENCH_WORKERS / BENCH_DURATION / BENCH_ROUNDS / BENCH_MEMORY=1 /
 # BENCH_LEAN=1 (also bench/lean_app.py: the lookup alone, as a reference).
+# BENCH_METRICS=1: also Keydesk with metrics on (KEYDESK_METRICS_TOKEN), side by side.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { \
 	  echo "Installing wrk (apt-get)"; \
