@@ -506,3 +506,17 @@ def _outcomes():
     from app.metrics import OUTCOMES
 
     return OUTCOMES
+
+
+@pytest.mark.parametrize(
+    "app_config", [{**METRICS[0], "KEYDESK_LOGIN_RATE_LIMIT": "1 per minute"}], indirect=True
+)
+def test_sign_in_refusals_are_counted(client, user):
+    sign_in = ("keydesk_rate_limit_refusals_total", (("limit", "sign_in"),))
+    before = scrape(client)
+    statuses = [
+        client.post("/login", data={"email": user, "password": "wrong"}).status_code
+        for _ in range(3)
+    ]
+    assert statuses[-1] == 429
+    assert scrape(client)[sign_in] - before[sign_in] == statuses.count(429)
