@@ -7,10 +7,14 @@ kept in a small per-process file in that directory, and /metrics, answered by wh
 worker gets the scrape, sums the files of all of them (prometheus_client's multiprocess
 mode). Without the variable (flask run, tests) values live in this process.
 
-What it costs on the API hot path: incrementing a bound counter child is a lock and one
-write into a memory-mapped file (about a microsecond); the request histogram adds a
-perf_counter pair, a dict lookup and two such writes per request, and only runs when
-KEYDESK_METRICS_TOKEN is set (measured in `make bench`, the "metrics" case).
+What it costs on the API hot path: in multiprocess mode every increment is a lock, a
+getpid and a write into a memory-mapped file, and a histogram observation is two of them
+(2-4 µs a request under load, bench/profile.py --metrics). So requests do not touch
+prometheus-client at all: they append to this process's Batch (one uncontended lock and a
+list append), and a daemon thread writes the sums once a second (one write per series,
+however many requests). /metrics writes the answering worker's batch first; a worker's
+counts reach the files within a second. The request histogram only runs when
+KEYDESK_METRICS_TOKEN is set (`make bench BENCH_ARGS=--metrics`).
 
 Labels never carry ids: the API outcome is one of OUTCOMES, the request histogram is
 labelled by the route's endpoint name (`api.me`, `portal.key_detail`: one value per
@@ -19,8 +23,11 @@ route, whatever ids its URL holds), a known method, and the status class (`2xx`)
 
 from __future__ import annotations
 
+import atexit
+import bisect
 import hashlib
 import hmac
+import logging
 import os
 import threading
 from collections import Counter as Tally
@@ -28,6 +35,8 @@ from collections import Counter as Tally
 from flask import Flask, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger(__name__)
 
 OUTCOMES = (
     "valid",
@@ -97,11 +106,92 @@ _AUDITED = {
 _PENDING = "keydesk.metrics.pending"
 
 
+class Batch:
+    """This process's increments not yet written to prometheus-client.
+
+    count(child) and time(key, seconds) run on requests: a lock (never held for more than a
+    list swap) and an append. flush() takes both lists and writes one increment per series
+    and bucket. A daemon thread flushes every FLUSH_SECONDS; /metrics and process exit
+    flush too. After a fork the child starts with an empty batch and its own thread."""
+
+    FLUSH_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: list = []
+        self.timings: list = []
+        self.thread: threading.Thread | None = None
+
+    def count(self, child) -> None:
+        with self.lock:
+            self.counts.append(child)
+        if self.thread is None:
+            self._start()
+
+    def time(self, key: tuple, seconds: float) -> None:
+        with self.lock:
+            self.timings.append((key, seconds))
+        if self.thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self.lock:
+            if self.thread is not None:
+                return
+            self.thread = threading.Thread(target=self._run, name="keydesk-metrics", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(self.FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            counts, self.counts = self.counts, []
+            timings, self.timings = self.timings, []
+        try:
+            for child, n in Tally(counts).items():
+                child.inc(n)
+            _write_timings(timings)
+        except Exception:  # noqa: BLE001 - a metrics fault must never reach a request
+            log.warning("could not write metrics", exc_info=True)
+
+
+def _write_timings(timings: list) -> None:
+    grouped: dict[tuple, list] = {}
+    for key, seconds in timings:
+        entry = grouped.get(key)
+        if entry is None:
+            entry = grouped[key] = [0.0, Tally()]
+        entry[0] += seconds
+        entry[1][bisect.bisect_left(_BOUNDS, seconds)] += 1
+    for key, (total, buckets) in grouped.items():
+        child = _children[key]
+        # What Histogram.observe does for one value (prometheus-client keeps per-bucket,
+        # non-cumulative counts and a sum), for many at once: one write per bucket.
+        child._sum.inc(total)
+        for index, n in buckets.items():
+            child._buckets[index].inc(n)
+
+
+BATCH = Batch()
+os.register_at_fork(after_in_child=BATCH._reset)
+atexit.register(BATCH.flush)  # a gunicorn worker that exits writes what it still holds
+
+
 def count_rate_limited(limit: str) -> None:
     """One 429; `limit` is one of RATE_LIMIT_NAMES (an API one also counts as an outcome)."""
-    RATE_LIMITS[limit].inc()
+    BATCH.count(RATE_LIMITS[limit])
     if limit in ("api_key", "auth_failures"):
-        AUTH["rate_limited"].inc()
+        BATCH.count(AUTH["rate_limited"])
+
+
+def count_outcome(outcome: str) -> None:
+    BATCH.count(AUTH[outcome])
 
 
 def note_audited(session, action: str, count: int = 1) -> None:
@@ -114,7 +204,7 @@ def note_audited(session, action: str, count: int = 1) -> None:
 def _after_commit(session) -> None:
     pending = session.info.pop(_PENDING, None)
     for action, count in (pending or {}).items():
-        _AUDITED[action].inc(count)
+        _AUDITED[action].inc(count)  # rare next to requests: written at once
 
 
 def _after_rollback(session) -> None:
@@ -151,27 +241,22 @@ class _Children(dict):
 
 
 _children = _Children()
-_children_lock = threading.Lock()
+_BOUNDS = list(HTTP_DURATION._upper_bounds)  # the buckets, +Inf last
 
 
-def histogram_for(environ: dict, status: str):
-    """The histogram child for this request, to be called from start_response, while the
-    request Flask parsed is still in environ (Flask clears it when the request ends); a URL
-    that matched no route is `unmatched`, whatever its path."""
+def histogram_key(environ: dict, status: str) -> tuple:
+    """This request's (endpoint, method, status class), to be called from start_response,
+    while the request Flask parsed is still in environ (Flask clears it when the request
+    ends); a URL that matched no route is `unmatched`, whatever its path."""
     req = environ.get("werkzeug.request")
     rule = getattr(req, "url_rule", None)
     endpoint = rule.endpoint if rule is not None else "unmatched"
     method = environ.get("REQUEST_METHOD")
-    key = (
+    return (
         endpoint,
         method if method in _METHODS else "other",
         _STATUS_CLASSES.get(status[:1], "other"),
     )
-    child = _children.get(key)
-    if child is None:
-        with _children_lock:
-            child = _children[key]
-    return child
 
 
 # --- GET /metrics -----------------------------------------------------------------------
@@ -197,6 +282,7 @@ def metrics_view():
     authenticator = current_app.extensions.get("keydesk.authenticator")
     if authenticator is not None:
         export_feed_gauges(authenticator)
+    BATCH.flush()  # this worker's counts are exact in this answer
     # The format the scraper asks for (Prometheus offers OpenMetrics and the text formats).
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     response = Response(encoder(_registry()), content_type=content_type)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -39,8 +40,25 @@ _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}").fullmatch
 PROBE_PATHS = frozenset(("/healthz", "/livez", "/readyz", "/metrics"))
 
 
+# Request ids name requests, they guard nothing: unique, not unpredictable. 80 random bits
+# per process (drawn again in every forked child) and a counter: 32 hex characters for a
+# fraction of the cost of 16 fresh random bytes per request. The counter starts at 2**44,
+# so its hex form is always 12 digits (for the next 2**48 - 2**44 requests of a process).
+_FIRST = 1 << 44
+
+
+def _new_prefix() -> None:
+    global _prefix, _count
+    _prefix, _count = os.urandom(10).hex(), itertools.count(_FIRST)
+
+
+_prefix, _count = "", itertools.count(_FIRST)
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    return _prefix + hex(next(_count))[2:]
 
 
 class ForwardedLog:
@@ -108,16 +126,16 @@ class RequestObserver:
             return self.wsgi_app(environ, start)
 
         started = perf_counter()
-        histogram = []
+        keys = []
 
         def start_timed(status, headers, exc_info=None):
-            histogram.append(metrics.histogram_for(environ, status))
+            keys.append(metrics.histogram_key(environ, status))
             headers.append(("X-Request-Id", rid))
             return start_response(status, headers, exc_info)
 
         result = self.wsgi_app(environ, start_timed)
-        if histogram:
-            histogram[-1].observe(perf_counter() - started)
+        if keys:
+            metrics.BATCH.time(keys[-1], perf_counter() - started)
         return result
 
 

@@ -112,12 +112,19 @@ def test_prometheus_sums_two_gunicorn_workers(tmp_path):
         assert statuses.count(200) == valid and statuses.count(401) == invalid
         served_by = {pid for pid, _, path in server.access(settle=0.5) if path == "/api/v1/me"}
         assert len(served_by) == 2, "both workers must have served /api/v1/me"
-        # Every worker's own count is below the total: only the sum over workers matches.
-        direct = requests.get(
-            server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-        )
-        assert direct.status_code == 200
-        assert 'keydesk_api_auth_total{outcome="valid"} 40.0' in direct.text
+        # Every worker's own count is below the total: only the sum over workers matches
+        # (each worker writes its counts within a second; the answering one at once).
+        deadline, text = time.monotonic() + 10, ""
+        while time.monotonic() < deadline:
+            direct = requests.get(
+                server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+            )
+            assert direct.status_code == 200
+            text = direct.text
+            if 'keydesk_api_auth_total{outcome="valid"} 40.0' in text:
+                break
+            time.sleep(0.2)
+        assert 'keydesk_api_auth_total{outcome="valid"} 40.0' in text
 
         with prometheus(tmp_path, f"127.0.0.1:{server.port}") as prom:
             up = _wait_for(prom, 'up{job="keydesk"}', 1.0)

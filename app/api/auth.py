@@ -19,11 +19,9 @@ from app.errors import IpNotAllowed, ScopeMissing
 from app.keys import scopes as scope_rules
 from app.keys.authn import Authenticator, KeyContext, ip_allowed
 from app.keys.usage import UsageRecorder
-from app.metrics import AUTH as AUTH_OUTCOMES
+from app.metrics import count_outcome
 from app.net import client_ip
 from app.observe import KEY_ID_KEY
-
-AUTH_VALID = AUTH_OUTCOMES["valid"]
 
 
 class MissingToken(Exception):
@@ -117,7 +115,7 @@ def require_scopes(*needed: str) -> Callable:
             ctx = authenticate_request()
             if needed and not ctx.is_client and not scope_rules.satisfies(ctx.scopes, needed):
                 raise ScopeMissing(needed)
-            AUTH_VALID.inc()  # ops: the one place the "valid" outcome is counted
+            count_outcome("valid")  # ops: the one place the "valid" outcome is counted
             return view(*args, **kwargs)
 
         wrapper.required_scopes = needed  # read by the OpenAPI generator

@@ -77,13 +77,13 @@ def http_error_json(exc: HTTPException):
 
 def init_app(app: Flask) -> None:
     from app.api.auth import BadRequestToken, MissingToken
-    from app.metrics import AUTH  # keydesk_api_auth_total: refusals are counted here
+    from app.metrics import count_outcome  # keydesk_api_auth_total: refusals counted here
 
     def unauthorized(error: str, description: str, outcome: str):
         # Every 401 counts against KEYDESK_AUTH_FAILURE_LIMIT for the client address.
         from app.api.limits import count_auth_failure
 
-        AUTH[outcome].inc()
+        count_outcome(outcome)
         count_auth_failure()
         return error_response(
             401, error, description, www_authenticate=challenge(error, description)
@@ -94,7 +94,7 @@ def init_app(app: Flask) -> None:
         from app.api.limits import count_auth_failure
 
         count_auth_failure()
-        AUTH["invalid"].inc()
+        count_outcome("invalid")
         return error_response(
             401, "invalid_request", "Missing Authorization: Bearer header",
             www_authenticate=REALM,
@@ -102,7 +102,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(BadRequestToken)
     def _bad_request(exc):
-        AUTH["invalid"].inc()
+        count_outcome("invalid")
         return error_response(
             400, "invalid_request", str(exc),
             www_authenticate=challenge("invalid_request", str(exc)),
@@ -117,7 +117,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ScopeMissing)
     def _scope(exc: ScopeMissing):
         scope = " ".join(exc.scopes)
-        AUTH["insufficient_scope"].inc()
+        count_outcome("insufficient_scope")
         return error_response(
             403, "insufficient_scope", str(exc),
             www_authenticate=challenge("insufficient_scope", str(exc), scope),
@@ -125,7 +125,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(IpNotAllowed)
     def _ip(exc):
-        AUTH["ip_not_allowed"].inc()
+        count_outcome("ip_not_allowed")
         return forbidden(str(exc))
 
     @app.errorhandler(Forbidden)
