@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import threading
 from collections import Counter as Tally
+from collections import deque
 
 from flask import Flask, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -109,10 +111,11 @@ _PENDING = "keydesk.metrics.pending"
 class Batch:
     """This process's increments not yet written to prometheus-client.
 
-    count(child) and time(key, seconds) run on requests: a lock (never held for more than a
-    list swap) and an append. flush() takes both lists and writes one increment per series
-    and bucket. A daemon thread flushes every FLUSH_SECONDS; /metrics and process exit
-    flush too. After a fork the child starts with an empty batch and its own thread."""
+    count(child) and time(key, seconds) run on requests: one deque append (atomic, no lock).
+    flush() drains both deques item by item (popleft is atomic too, so an append racing a
+    flush is written by this flush or the next, never lost) and writes one increment per
+    series and bucket. A daemon thread flushes every FLUSH_SECONDS; /metrics and process
+    exit flush too. After a fork the child starts with an empty batch and its own thread."""
 
     FLUSH_SECONDS = 1.0
 
@@ -120,20 +123,18 @@ class Batch:
         self._reset()
 
     def _reset(self) -> None:
-        self.lock = threading.Lock()
-        self.counts: list = []
-        self.timings: list = []
+        self.lock = threading.Lock()  # starting the thread, and one flush at a time
+        self.counts: deque = deque()
+        self.timings: deque = deque()
         self.thread: threading.Thread | None = None
 
     def count(self, child) -> None:
-        with self.lock:
-            self.counts.append(child)
+        self.counts.append(child)
         if self.thread is None:
             self._start()
 
     def time(self, key: tuple, seconds: float) -> None:
-        with self.lock:
-            self.timings.append((key, seconds))
+        self.timings.append((key, seconds))
         if self.thread is None:
             self._start()
 
@@ -142,7 +143,7 @@ class Batch:
             if self.thread is not None:
                 return
             self.thread = threading.Thread(target=self._run, name="keydesk-metrics", daemon=True)
-        self.thread.start()
+            self.thread.start()
 
     def _run(self) -> None:
         stop = threading.Event()
@@ -151,14 +152,20 @@ class Batch:
 
     def flush(self) -> None:
         with self.lock:
-            counts, self.counts = self.counts, []
-            timings, self.timings = self.timings, []
-        try:
-            for child, n in Tally(counts).items():
-                child.inc(n)
-            _write_timings(timings)
-        except Exception:  # noqa: BLE001 - a metrics fault must never reach a request
-            log.warning("could not write metrics", exc_info=True)
+            try:
+                for child, n in Tally(_drain(self.counts)).items():
+                    child.inc(n)
+                _write_timings(_drain(self.timings))
+            except Exception:  # noqa: BLE001 - a metrics fault must never reach a request
+                log.warning("could not write metrics", exc_info=True)
+
+
+def _drain(items: deque) -> list:
+    drained = []
+    with contextlib.suppress(IndexError):
+        while True:
+            drained.append(items.popleft())
+    return drained
 
 
 def _write_timings(timings: list) -> None:
