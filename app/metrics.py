@@ -10,10 +10,10 @@ mode). Without the variable (flask run, tests) values live in this process.
 What it costs on the API hot path: in multiprocess mode every increment is a lock, a
 getpid and a write into a memory-mapped file, and a histogram observation is two of them
 (2-4 µs a request under load, bench/profile.py --metrics). So requests do not touch
-prometheus-client at all: they append to this process's Batch (one uncontended lock and a
-list append), and a daemon thread writes the sums once a second (one write per series,
-however many requests). /metrics writes the answering worker's batch first; a worker's
-counts reach the files within a second. The request histogram only runs when
+prometheus-client at all: they add to this process's running totals (Batch: a dict or
+list update, about 0.5 µs), and a daemon thread writes what grew once a second (one write
+per series and bucket, however many requests). /metrics writes the answering worker's
+totals first; every worker's counts reach the files within a second. The request histogram only runs when
 KEYDESK_METRICS_TOKEN is set (`make bench BENCH_ARGS=--metrics`).
 
 Labels never carry ids: the API outcome is one of OUTCOMES, the request histogram is
@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import atexit
 import bisect
-import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import threading
 from collections import Counter as Tally
-from collections import deque
 
 from flask import Flask, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -109,13 +107,17 @@ _PENDING = "keydesk.metrics.pending"
 
 
 class Batch:
-    """This process's increments not yet written to prometheus-client.
+    """This process's counts, kept as running totals in plain Python objects; flush() writes
+    what grew since the last flush into prometheus-client (one increment per series and
+    bucket, however many requests).
 
-    count(child) and time(key, seconds) run on requests: one deque append (atomic, no lock).
-    flush() drains both deques item by item (popleft is atomic too, so an append racing a
-    flush is written by this flush or the next, never lost) and writes one increment per
-    series and bucket. A daemon thread flushes every FLUSH_SECONDS; /metrics and process
-    exit flush too. After a fork the child starts with an empty batch and its own thread."""
+    count(child) and time(key, seconds) run on requests and only ever add to the totals;
+    the flushing thread only reads them (and its own record of what it wrote), so nothing
+    is lost between the two. Two request threads adding to one total at the same instant
+    could lose one of the two additions (`+=` is not atomic): gunicorn's sync workers, as
+    Keydesk runs them, have one request thread. A daemon thread flushes every
+    FLUSH_SECONDS; /metrics and process exit flush too. After a fork the child starts
+    with empty totals and its own thread."""
 
     FLUSH_SECONDS = 1.0
 
@@ -124,17 +126,23 @@ class Batch:
 
     def _reset(self) -> None:
         self.lock = threading.Lock()  # starting the thread, and one flush at a time
-        self.counts: deque = deque()
-        self.timings: deque = deque()
+        self.counts: dict = {}  # counter child -> running total
+        self.timings: dict = {}  # histogram key -> [sum, count per bucket...]
+        self.written: dict = {}  # (counter child or histogram key) -> totals already written
         self.thread: threading.Thread | None = None
 
     def count(self, child) -> None:
-        self.counts.append(child)
+        counts = self.counts
+        counts[child] = counts.get(child, 0) + 1
         if self.thread is None:
             self._start()
 
     def time(self, key: tuple, seconds: float) -> None:
-        self.timings.append((key, seconds))
+        totals = self.timings.get(key)
+        if totals is None:
+            totals = self.timings[key] = [0.0] * (len(_BOUNDS) + 1)
+        totals[0] += seconds
+        totals[bisect.bisect_left(_BOUNDS, seconds) + 1] += 1
         if self.thread is None:
             self._start()
 
@@ -153,36 +161,33 @@ class Batch:
     def flush(self) -> None:
         with self.lock:
             try:
-                for child, n in Tally(_drain(self.counts)).items():
-                    child.inc(n)
-                _write_timings(_drain(self.timings))
+                self._flush()
             except Exception:  # noqa: BLE001 - a metrics fault must never reach a request
                 log.warning("could not write metrics", exc_info=True)
 
-
-def _drain(items: deque) -> list:
-    drained = []
-    with contextlib.suppress(IndexError):
-        while True:
-            drained.append(items.popleft())
-    return drained
-
-
-def _write_timings(timings: list) -> None:
-    grouped: dict[tuple, list] = {}
-    for key, seconds in timings:
-        entry = grouped.get(key)
-        if entry is None:
-            entry = grouped[key] = [0.0, Tally()]
-        entry[0] += seconds
-        entry[1][bisect.bisect_left(_BOUNDS, seconds)] += 1
-    for key, (total, buckets) in grouped.items():
-        child = _children[key]
-        # What Histogram.observe does for one value (prometheus-client keeps per-bucket,
-        # non-cumulative counts and a sum), for many at once: one write per bucket.
-        child._sum.inc(total)
-        for index, n in buckets.items():
-            child._buckets[index].inc(n)
+    def _flush(self) -> None:
+        written = self.written
+        for child, total in list(self.counts.items()):  # a snapshot: requests go on
+            done = written.get(child, 0)
+            if total != done:
+                child.inc(total - done)
+                written[child] = total
+        for key, totals in list(self.timings.items()):
+            now = list(totals)
+            done = written.get(key)
+            if done is None:
+                done = written[key] = [0.0] * len(now)
+            if now == done:
+                continue
+            child = _children[key]
+            # prometheus-client keeps a sum and per-bucket (non-cumulative) counts, which is
+            # what Histogram.observe adds one value to; here many at once.
+            if now[0] != done[0]:
+                child._sum.inc(now[0] - done[0])
+            for index in range(1, len(now)):
+                if now[index] != done[index]:
+                    child._buckets[index - 1].inc(now[index] - done[index])
+            written[key] = now
 
 
 BATCH = Batch()

@@ -520,3 +520,47 @@ def test_sign_in_refusals_are_counted(client, user):
     ]
     assert statuses[-1] == 429
     assert scrape(client)[sign_in] - before[sign_in] == statuses.count(429)
+
+
+def test_batched_histogram_matches_observe_and_counts_are_exact_under_flushes():
+    import threading
+
+    from prometheus_client import REGISTRY
+
+    from app.metrics import AUTH, BATCH
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    key = ("test.batch", "GET", "2xx")
+    labels = dict(zip(("endpoint", "method", "status"), key, strict=True))
+    bucket = "keydesk_http_request_duration_seconds_bucket"
+    for seconds in (0.0005, 0.003, 0.003, 20.0):
+        BATCH.time(key, seconds)
+    BATCH.flush()
+    assert sample(bucket, le="0.001", **labels) == 1
+    assert sample(bucket, le="0.005", **labels) == 3
+    assert sample(bucket, le="10.0", **labels) == 3
+    assert sample(bucket, le="+Inf", **labels) == 4
+    assert sample("keydesk_http_request_duration_seconds_sum", **labels) == pytest.approx(20.0065)
+    BATCH.time(key, 0.2)
+    BATCH.flush()
+    assert sample(bucket, le="0.25", **labels) == 4 and sample(bucket, le="+Inf", **labels) == 5
+
+    # One request thread counting while another flushes over and over: nothing lost.
+    child = AUTH["ip_not_allowed"]
+    before = child._value.get()
+    done = threading.Event()
+
+    def flusher():
+        while not done.is_set():
+            BATCH.flush()
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    for _ in range(50_000):
+        BATCH.count(child)
+    done.set()
+    thread.join()
+    BATCH.flush()
+    assert child._value.get() - before == 50_000
