@@ -79,7 +79,7 @@ RATE_LIMITED = Counter(
     "Requests refused with 429, by limit.",
     ["limit"],
 )
-RATE_LIMIT_NAMES = ("api_key", "auth_failures", "leak_reports", "sign_in")
+RATE_LIMIT_NAMES = ("api_key", "auth_failures", "leak_reports", "portal")
 RATE_LIMITS = {name: RATE_LIMITED.labels(name) for name in RATE_LIMIT_NAMES}
 
 # The invalidation feed (per-worker key cache, issue 15): one series per live worker.

@@ -511,8 +511,8 @@ def _outcomes():
 @pytest.mark.parametrize(
     "app_config", [{**METRICS[0], "KEYDESK_LOGIN_RATE_LIMIT": "1 per minute"}], indirect=True
 )
-def test_sign_in_refusals_are_counted(client, user):
-    sign_in = ("keydesk_rate_limit_refusals_total", (("limit", "sign_in"),))
+def test_portal_sign_in_refusals_are_counted(client, user):
+    sign_in = ("keydesk_rate_limit_refusals_total", (("limit", "portal"),))
     before = scrape(client)
     statuses = [
         client.post("/login", data={"email": user, "password": "wrong"}).status_code
