@@ -13,8 +13,8 @@ getpid and a write into a memory-mapped file, and a histogram observation is two
 prometheus-client at all: they add to this process's running totals (Batch: a dict or
 list update, about 0.5 µs), and a daemon thread writes what grew once a second (one write
 per series and bucket, however many requests). /metrics writes the answering worker's
-totals first; every worker's counts reach the files within a second. The request histogram only runs when
-KEYDESK_METRICS_TOKEN is set (`make bench BENCH_ARGS=--metrics`).
+totals first; every worker's counts reach the files within a second. The request
+histogram only runs when KEYDESK_METRICS_TOKEN is set (`make bench BENCH_ARGS=--metrics`).
 
 Labels never carry ids: the API outcome is one of OUTCOMES, the request histogram is
 labelled by the route's endpoint name (`api.me`, `portal.key_detail`: one value per
