@@ -121,13 +121,15 @@ def _database(app: Flask, env: dict) -> list[Check]:
     where = (
         f"SQLite at {url.database}"
         if url.get_backend_name() == "sqlite"
-        else f"{url.get_backend_name()} at {url.host or 'local socket'}/{url.database}"
+        else f"{url.get_backend_name()} at {url.host or 'local socket'}"
+        f"{':' + str(url.port) if url.port else ''}/{url.database}"
     )
+    fix = "fix: check KEYDESK_DATABASE_URL and that the database server runs"
     with app.app_context():
-        reachable = health.check_database() == health.OK
+        reachable = health.check_database(quiet=True) == health.OK
         if not reachable:
             return [
-                Check(FAIL, "database", f"{where} does not answer; fix: KEYDESK_DATABASE_URL"),
+                Check(FAIL, "database", f"{where} does not answer; {fix}"),
                 Check(FAIL, "schema", "cannot be checked while the database does not answer"),
             ]
         schema = health.check_schema(app)

@@ -23,12 +23,13 @@ REDIS_SETTINGS = ("RATELIMIT_STORAGE_URI",)
 REDIS_TIMEOUT = 2.0
 
 
-def check_database() -> str:
+def check_database(*, quiet: bool = False) -> str:
     try:
         with db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said in one line
-        log.warning("readiness: database check failed: %s", type(exc).__name__)
+        if not quiet:
+            log.warning("readiness: database check failed: %s", type(exc).__name__)
         return "unreachable"
     return OK
 
