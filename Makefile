@@ -13,6 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 
 .PHONY: run test lint format clean browser e2e bench screenshots
+.PHONY: prometheus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -47,6 +48,16 @@ APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; \
 $(CHROMIUM):
 	@$(call APT_INSTALL,chromium)
 
+# tests/test_operations_servers.py scrapes /metrics with Debian's Prometheus.
+PROMETHEUS := /usr/bin/prometheus
+
+prometheus: $(PROMETHEUS)
+
+$(PROMETHEUS):
+	@$(call APT_INSTALL,prometheus)
+
+test: prometheus
+
 $(AXE): package.json package-lock.json
 	@command -v npm >/dev/null || { $(call APT_INSTALL,npm); }
 	npm ci --no-audit --no-fund --loglevel=error
@@ -76,6 +87,7 @@ format: $(STAMP)
 # Options: make bench BENCH_ARGS="--keys 1000,1000000 --db postgresql+psycopg://postgres@127.0.0.1/postgres"
 # or BENCH_KEYS / BENCH_DB / BENCH_WORKERS / BENCH_DURATION / BENCH_ROUNDS / BENCH_MEMORY=1 /
 # BENCH_LEAN=1 (also bench/lean_app.py: the lookup alone, as a reference).
+# BENCH_METRICS=1: also Keydesk with metrics on (KEYDESK_METRICS_TOKEN), side by side.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { \
 	  echo "Installing wrk (apt-get)"; \

@@ -55,3 +55,57 @@ access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L
 # (nginx with its defaults reads the whole request before passing it on), see README
 # "Running in production".
 timeout = 30
+# --- Operations (README "Operations"): metrics across workers, JSON logs, request ids ----
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# Text access lines also carry the request id and, for an authenticated API call, the key
+# id (app/observe.py puts both in environ; "-" when absent).
+access_log_format += " rid=%({keydesk.request_id}e)s key=%({keydesk.key_id}e)s"  # noqa: F821
+
+# prometheus-client multiprocess mode: every worker keeps its values in files in one
+# directory and /metrics sums them. The variable must be set here, in the master, before
+# any worker imports prometheus_client; the directory is emptied when gunicorn starts (a
+# restart starts counters at zero, as Prometheus expects) and removed when it exits if it
+# was made here. An operator may choose the directory with PROMETHEUS_MULTIPROC_DIR.
+_METRICS_DIR_PREFIX = "keydesk-metrics-"
+if os.environ.get("KEYDESK_METRICS_TOKEN") and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
+
+# After the metrics directory is set: importing app.logs imports the app package.
+if os.environ.get("KEYDESK_LOG_FORMAT", "").strip().lower() == "json":
+    from app.logs import json_logger_class
+
+    logger_class = json_logger_class(logger_class)  # noqa: F821
+
+
+def _metrics_dir() -> Path | None:
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def on_starting(server):
+    directory = _metrics_dir()
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+
+
+def child_exit(server, worker):
+    if _metrics_dir() is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # its live gauges go; counters stay
+
+
+def on_exit(server):
+    directory = _metrics_dir()
+    if (
+        directory is not None
+        and directory.name.startswith(_METRICS_DIR_PREFIX)
+        and directory.parent == Path(tempfile.gettempdir())
+    ):
+        shutil.rmtree(directory, ignore_errors=True)

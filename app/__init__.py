@@ -52,6 +52,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app import web
 
     web.init_app(app)
+    from app import observe
+
+    observe.init_app(app)  # request ids, metrics, JSON logs, /livez, /readyz: outermost
 
     from app.admin import bp as admin_bp
     from app.admin.invites import bp as invites_bp

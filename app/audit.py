@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 
 from app.clock import to_unix
 from app.extensions import db
+from app.metrics import note_audited
 from app.models import AuditEvent
 
 GENESIS = "0" * 64
@@ -97,6 +98,7 @@ def record(
     event = _event(action, actor, now, tenant_id, target_type, target, details, _chain_head())
     db.session.add(event)
     db.session.flush()
+    note_audited(db.session, action)  # keydesk_keys_*_total, counted at commit
     return event
 
 
@@ -122,6 +124,7 @@ def record_many(
         events.append(event)
     db.session.add_all(events)
     db.session.flush()
+    note_audited(db.session, action, len(events))
 
 
 def _chain_head() -> str:

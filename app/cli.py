@@ -335,3 +335,6 @@ def register_cli(app: Flask) -> None:
     for group in (users_cli, keys_cli, client_keys_cli, audit_cli):
         app.cli.add_command(group)
     app.cli.add_command(seed)
+    from app import ops_cli
+
+    ops_cli.register(app)  # backup, doctor

@@ -103,6 +103,9 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_AUTH_CACHE_TTL": float(env.get("KEYDESK_AUTH_CACHE_TTL", "60") or 0),
         # Usage (last used, daily counts) written on a thread of the worker, off the request.
         "KEYDESK_USAGE_BACKGROUND": _bool(env.get("KEYDESK_USAGE_BACKGROUND", "true")),
+        # Operations (app/metrics.py, app/logs.py): /metrics is 404 unless the token is set.
+        "KEYDESK_METRICS_TOKEN": env.get("KEYDESK_METRICS_TOKEN", ""),
+        "KEYDESK_LOG_FORMAT": env.get("KEYDESK_LOG_FORMAT", "text").strip().lower(),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request

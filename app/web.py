@@ -358,6 +358,10 @@ def http_error(exc: HTTPException):
     for name, value in exc.get_headers():
         if name in ("Retry-After", "Allow"):
             response.headers[name] = value
+    if isinstance(exc, RateLimitExceeded):
+        from app.metrics import count_rate_limited
+
+        count_rate_limited("portal")
     if isinstance(exc, RateLimitExceeded) and "Retry-After" not in response.headers:
         # The sign-in limits' window length: when the client may be sure to get through.
         response.headers["Retry-After"] = str(exc.limit.limit.get_expiry())

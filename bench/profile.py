@@ -70,9 +70,17 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--pyinstrument", metavar="PATH", help="profile ping, me, bare or bad")
+    parser.add_argument(
+        "--metrics", action="store_true",
+        help="prometheus-client in multiprocess mode (as under gunicorn); adds ping and me "
+        "with KEYDESK_METRICS_TOKEN set (the request histogram) to the rows",
+    )  # fmt: skip
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="keydesk-profile-")
+    if args.metrics:  # before anything imports prometheus_client, as gunicorn.conf.py does
+        os.makedirs(f"{tmp}/metrics")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = f"{tmp}/metrics"
     os.environ.update(
         KEYDESK_DATABASE_URL=f"sqlite:///{tmp}/bench.sqlite3",
         KEYDESK_SECRET_KEY="bench",  # noqa: S106 (a throwaway database)
@@ -100,6 +108,12 @@ def main() -> None:
         ("me", per_request_us(app, "/api/v1/me", token, n)),
         ("bad checksum", per_request_us(app, "/api/v1/me", bad, n)),
     ]
+    if args.metrics:
+        timed = create_app({"KEYDESK_METRICS_TOKEN": "bench-metrics-token"})
+        rows += [
+            ("ping+metrics", per_request_us(timed, "/api/v1/ping", None, n)),
+            ("me+metrics", per_request_us(timed, "/api/v1/me", token, n)),
+        ]
     for name, us in rows:
         print(f"{name:12s} {us:8.1f} µs/request")
     if args.pyinstrument:

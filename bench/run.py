@@ -209,19 +209,28 @@ def run_count(args, count: int) -> dict:
         }  # fmt: skip
         cases = (*CASES, "lean") if args.lean else CASES
         tokens["lean"] = tokens["me"]
+        if args.metrics:
+            cases = (*cases, *METRICS_CASES)
+            tokens["ping_m"], tokens["me_m"] = None, tokens["me"]
         with (
             gunicorn(env, "app:create_app()", args.workers) as (app_url, app_proc),
             gunicorn(env, "bench.bare_app:app", args.workers) as (bare_url, _),
             gunicorn(env, "bench.lean_app:app", args.workers)
             if args.lean
             else nullcontext((None, None)) as (lean_url, _),
+            metrics_server(env, args) as metrics_url,
         ):
             urls = {case: app_url + "/api/v1/me" for case in cases}
             urls["bare"], urls["ping"] = bare_url + "/ping", app_url + "/api/v1/ping"
             if args.lean:
                 urls["lean"] = lean_url + "/me"
+            if args.metrics:
+                urls["ping_m"], urls["me_m"] = (
+                    metrics_url + "/api/v1/ping",
+                    metrics_url + "/api/v1/me",
+                )
             for case in cases:
-                ok = case in ("bare", "ping", "me", "lean")
+                ok = case in ("bare", "ping", "me", "lean", *METRICS_CASES)
                 check(urls[case], tokens[case], 200 if ok else 401)
             # Warm up every path (imports, pool, page cache) before measuring.
             for case in cases:
@@ -258,10 +267,37 @@ def run_count(args, count: int) -> dict:
     }
     if args.lean:
         ratios["lean/bare"], ratios["me/lean"] = ratio("lean", "bare"), ratio("me", "lean")
+    if args.metrics:
+        ratios["ping_m/bare"], ratios["me_m/ping_m"] = (
+            ratio("ping_m", "bare"),
+            ratio("me_m", "ping_m"),
+        )
+        ratios["me_m/me"] = ratio("me_m", "me")
     return {
         "keys": count, "database": db_label, "seed_seconds": seed_seconds,
         "median": median, "ratios": ratios, "rounds": rounds, "memory": memory,
     }  # fmt: skip
+
+
+# --metrics: a second Keydesk with metrics on (KEYDESK_METRICS_TOKEN, prometheus-client in
+# multiprocess mode as gunicorn.conf.py sets it up), measured side by side with the first.
+METRICS_CASES = ("ping_m", "me_m")
+
+
+@contextmanager
+def metrics_server(env: dict, args):
+    if not args.metrics:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="keydesk-bench-metrics-")
+    metrics_env = {
+        **env, "KEYDESK_METRICS_TOKEN": "bench-metrics-token", "PROMETHEUS_MULTIPROC_DIR": directory
+    }  # fmt: skip
+    try:
+        with gunicorn(metrics_env, "app:create_app()", args.workers) as (url, _):
+            yield url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _median_by_rps(results: list[dict]) -> dict:
@@ -336,6 +372,14 @@ def table(results: list[dict], args) -> str:
                 f" {r['median']['lean']['rps']:.0f} rps, lean/bare {r['ratios']['lean/bare']:.2f},"
                 f" me/lean {r['ratios']['me/lean']:.2f}"
             )
+        if "me_m/me" in r["ratios"]:
+            q, m = r["ratios"], r["median"]
+            notes.append(
+                f"metrics on ({r['keys']:,} keys; KEYDESK_METRICS_TOKEN set, multiprocess mode):"
+                f" ping {m['ping_m']['rps']:.0f} rps, me {m['me_m']['rps']:.0f} rps,"
+                f" ping/bare {q['ping_m/bare']:.2f}, me/ping {q['me_m/ping_m']:.2f},"
+                f" me with/without metrics {q['me_m/me']:.2f}"
+            )
         if r["memory"]:
             m = r["memory"]
             notes.append(
@@ -377,6 +421,10 @@ def main() -> None:
     parser.add_argument(
         "--lean", action="store_true", default=bool(os.environ.get("BENCH_LEAN")),
         help="also serve bench/lean_app.py (the lookup and nothing else) as a reference case",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics", action="store_true", default=bool(os.environ.get("BENCH_METRICS")),
+        help="also serve Keydesk with metrics on, measure ping and me there (env BENCH_METRICS=1)",
     )  # fmt: skip
     parser.add_argument("--memory-keys", type=int, default=200, help=argparse.SUPPRESS)
     parser.add_argument(

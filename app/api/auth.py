@@ -19,7 +19,9 @@ from app.errors import IpNotAllowed, ScopeMissing
 from app.keys import scopes as scope_rules
 from app.keys.authn import Authenticator, KeyContext, ip_allowed
 from app.keys.usage import UsageRecorder
+from app.metrics import count_outcome
 from app.net import client_ip
+from app.observe import KEY_ID_KEY
 
 
 class MissingToken(Exception):
@@ -103,6 +105,7 @@ def authenticate_request() -> KeyContext:
     if ctx.allowed_ips and not ip_allowed(ctx.allowed_ips, ip):
         raise IpNotAllowed()
     g.key = ctx
+    environ[KEY_ID_KEY] = ctx.key_id  # ops: gunicorn's access line names the key
     limits.charge(limits.per_key, ctx.key_id, "this API key", environ, now)
     recorder: UsageRecorder = extensions["keydesk.usage"]
     if recorder.note(ctx, ip, int(now)):
@@ -122,6 +125,7 @@ def require_scopes(*needed: str) -> Callable:
             ctx = authenticate_request()
             if needed and not ctx.is_client and not scope_rules.satisfies(ctx.scopes, needed):
                 raise ScopeMissing(needed)
+            count_outcome("valid")  # ops: the one place the "valid" outcome is counted
             return view(*args, **kwargs)
 
         wrapper.required_scopes = needed  # read by the OpenAPI generator

@@ -88,11 +88,13 @@ def http_error_json(exc: HTTPException):
 
 def init_app(app: Flask) -> None:
     from app.api.auth import BadRequestToken, MissingToken
+    from app.metrics import count_outcome  # keydesk_api_auth_total: refusals counted here
 
-    def unauthorized(error: str, description: str):
+    def unauthorized(error: str, description: str, outcome: str):
         # Every 401 counts against KEYDESK_AUTH_FAILURE_LIMIT for the client address.
         from app.api.limits import count_auth_failure
 
+        count_outcome(outcome)
         count_auth_failure()
         return error_response(
             401, error, description, www_authenticate=challenge(error, description)
@@ -103,6 +105,7 @@ def init_app(app: Flask) -> None:
         from app.api.limits import count_auth_failure
 
         count_auth_failure()
+        count_outcome("invalid")
         return error_response(
             401, "invalid_request", "Missing Authorization: Bearer header",
             www_authenticate=REALM,
@@ -110,17 +113,22 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(BadRequestToken)
     def _bad_request(exc):
+        count_outcome("invalid")
         return error_response(
             400, "invalid_request", str(exc),
             www_authenticate=challenge("invalid_request", str(exc)),
         )  # fmt: skip
 
-    for exc_type in (KeyInvalid, KeyExpired, KeyRevoked):
-        app.register_error_handler(exc_type, lambda exc: unauthorized("invalid_token", str(exc)))
+    for exc_type, outcome in ((KeyInvalid, "invalid"), (KeyExpired, "expired"),
+                              (KeyRevoked, "revoked")):  # fmt: skip
+        app.register_error_handler(
+            exc_type, lambda exc, outcome=outcome: unauthorized("invalid_token", str(exc), outcome)
+        )
 
     @app.errorhandler(ScopeMissing)
     def _scope(exc: ScopeMissing):
         scope = " ".join(exc.scopes)
+        count_outcome("insufficient_scope")
         return error_response(
             403, "insufficient_scope", str(exc),
             www_authenticate=challenge("insufficient_scope", str(exc), scope),
@@ -128,6 +136,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(IpNotAllowed)
     def _ip(exc):
+        count_outcome("ip_not_allowed")
         return forbidden(str(exc))
 
     @app.errorhandler(Forbidden)

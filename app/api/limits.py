@@ -435,14 +435,20 @@ def headers(limit: Limit, remaining: int, reset_at: float, now: float) -> list[t
     ]
 
 
+# ops: keydesk_rate_limit_refusals_total{limit} by the namespace's kind (Limit.namespace).
+_LIMIT_NAMES = {"key": "api_key", "authfail": "auth_failures", "leak": "leak_reports"}
+
+
 def init_app(app: Flask) -> None:
     from app.api.errors import error_response
+    from app.metrics import count_rate_limited  # ops
 
     app.extensions["keydesk.limits"] = ApiLimits(app.config)
 
     @app.errorhandler(RateLimited)
     def _rate_limited(exc: RateLimited):
         now = time.time()
+        count_rate_limited(_LIMIT_NAMES.get(exc.limit.namespace.split("/")[-4], "api_key"))  # ops
         response = error_response(429, "rate_limited", str(exc))
         response.headers["Retry-After"] = str(_retry_after(exc.reset_at, now))
         request.environ.setdefault(HEADERS_ENVIRON_KEY, headers(exc.limit, 0, exc.reset_at, now))
