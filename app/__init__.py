@@ -60,12 +60,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.admin.invites import bp as invites_bp
     from app.api import init_app as init_api
     from app.auth import bp as auth_bp
+    from app.device import bp as device_bp
     from app.portal import bp as portal_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(portal_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(invites_bp)
+    app.register_blueprint(device_bp)
     init_api(app)
     _browser_only(app, browser_hooks)
 
@@ -77,7 +79,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 # The blueprints of the browser portal: CSRF-checked forms and session cookies. Every
 # route that changes state outside /api/ must live in one of them (a test checks).
-BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites")
+BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites", "device")
 
 
 def _hooks_added_by(app: Flask, init) -> list[tuple[str, object]]:

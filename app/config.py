@@ -19,6 +19,15 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in TRUE_WORDS
 
 
+def _whole(env, name: str, default: int, *, low: int, high: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"{name}={raw!r}: use a whole number from {low} to {high}")
+    return int(raw)
+
+
 def instance_secret(instance_path: str, name: str) -> str:
     """Read instance/<name>, creating it (0600, 256 random bits) on first use.
 
@@ -49,10 +58,11 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         f"sqlite:///{Path(instance_path) / 'keydesk.sqlite3'}"
     )
     prefix = env.get("KEYDESK_KEY_PREFIX", "kd")
-    if not PREFIX_RE.match(prefix):
+    # 15 at most: user access tokens add "u" (SPEC "Key format") within the 16 a key may have.
+    if not PREFIX_RE.match(prefix) or len(prefix) > 15:
         # Keys with such a prefix would never parse: refuse to start rather than mint them.
         raise ValueError(
-            f"KEYDESK_KEY_PREFIX={prefix!r}: use 1-16 lowercase letters and digits, "
+            f"KEYDESK_KEY_PREFIX={prefix!r}: use 1-15 lowercase letters and digits, "
             "starting with a letter"
         )
     return {
@@ -72,6 +82,12 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_MAIL_URL": env.get("KEYDESK_MAIL_URL", ""),
         "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
         "KEYDESK_LEAK_REPORT_LIMIT": env.get("KEYDESK_LEAK_REPORT_LIMIT", "30 per minute"),
+        # Terminal sign-in (app/keys/device.py): how long a user access token lives, and
+        # the polling interval the device authorization endpoint asks clients to keep.
+        "KEYDESK_USER_TOKEN_HOURS": _whole(env, "KEYDESK_USER_TOKEN_HOURS", 8, low=1, high=24 * 90),
+        "KEYDESK_DEVICE_POLL_INTERVAL": _whole(
+            env, "KEYDESK_DEVICE_POLL_INTERVAL", 5, low=1, high=60
+        ),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request

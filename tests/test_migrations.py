@@ -22,6 +22,7 @@ TABLES = {
     "audit_events",
     "resources",
     "invites",
+    "device_authorizations",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(

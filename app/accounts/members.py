@@ -47,7 +47,7 @@ def list_members(*, tenant: Tenant, now: datetime) -> list[MemberRow]:
     all_keys = (
         select(func.count())
         .select_from(ApiKey)
-        .where(ApiKey.user_id == User.id)
+        .where(ApiKey.user_id == User.id, ApiKey.kind != "user_token")
         .correlate(User)
         .scalar_subquery()
     )
@@ -124,6 +124,7 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
     Returns how many keys were revoked.
     """
     from app.admin.inventory import record_key_revocations, working
+    from app.keys.tokens import end_user_tokens
 
     if user.tenant_id != tenant.id:
         raise NotFound("No such member")
@@ -132,6 +133,7 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
     _guard_last_admin(tenant, user, "deactivated")
     user.deactivated_at = now
     user.session_version = (user.session_version or 1) + 1  # existing sessions end at once
+    end_user_tokens(user, now=now, reason="member_deactivated", actor=actor)
     revoked = db.session.execute(
         update(ApiKey)
         .where(ApiKey.user_id == user.id, working(now))

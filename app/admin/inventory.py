@@ -21,6 +21,7 @@ from app.errors import InvalidInput
 from app.extensions import db
 from app.keys.scopes import ALL_SCOPES
 from app.keys.service import EXPIRING_WITHIN
+from app.keys.tokens import is_api_key
 from app.models import ApiKey, User
 from app.params import whole_number
 
@@ -136,8 +137,9 @@ def _not_expired(now: datetime) -> ColumnElement[bool]:
 
 
 def working(now: datetime) -> ColumnElement[bool]:
-    """Keys that authenticate right now (status active or expiring)."""
-    return and_(_not_stopped(now), _not_expired(now))
+    """Keys that authenticate right now (status active or expiring). User access tokens
+    are sign-ins, not keys: never counted, reminded of or bulk-revoked as keys."""
+    return and_(_not_stopped(now), _not_expired(now), is_api_key())
 
 
 def status_condition(status: str, now: datetime) -> ColumnElement[bool]:
@@ -170,7 +172,7 @@ def _owner_ids(email: str):
 
 
 def conditions(*, tenant_id: int, filters: KeyFilter, now: datetime) -> list[ColumnElement[bool]]:
-    conds: list[ColumnElement[bool]] = [ApiKey.tenant_id == tenant_id]
+    conds: list[ColumnElement[bool]] = [ApiKey.tenant_id == tenant_id, is_api_key()]
     f = filters
     if f.status:
         conds.append(status_condition(f.status, now))

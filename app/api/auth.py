@@ -42,7 +42,7 @@ def init_app(app) -> None:
 
     with app.app_context():
         app.extensions["keydesk.authenticator"] = Authenticator(
-            db.engine, app.config["KEYDESK_KEY_PEPPER"].encode()
+            db.engine, app.config["KEYDESK_KEY_PEPPER"].encode(), app.config["KEYDESK_KEY_PREFIX"]
         )
     app.extensions["keydesk.usage"] = UsageRecorder()
     atexit.register(_flush_at_exit, weakref.ref(app))  # weak: an app may go away first

@@ -22,6 +22,12 @@ from app.models import ApiKey
 DEFAULT_GRACE_HOURS = 24
 
 
+def _lifetime_bound(ctx) -> int | None:
+    """A key may not create keys that outlive it; a user access token is a signed-in user,
+    bound by tenant policy only (SPEC "Signing in from a terminal")."""
+    return None if ctx.kind == keys.USER_TOKEN else ctx.expires_at
+
+
 def key_out(key: ApiKey, now) -> dict:
     data = keys.key_json(key, now)
     data["allowed_ips"] = key.allowed_ips.split() if key.allowed_ips else None
@@ -52,7 +58,7 @@ def create_key(slug: str):
     now = utcnow()
     allowed_ips = keys.limit_to_parent(
         parent_allowed_ips=g.key.allowed_ips,
-        parent_expires_at=g.key.expires_at,
+        parent_expires_at=_lifetime_bound(g.key),
         allowed_ips=allowed_ips,
         expires_in_days=days,
         now=now,
@@ -117,7 +123,7 @@ def rotate_key(slug: str, key_id: str):
     # both must lie within the caller's own.
     keys.limit_to_parent(
         parent_allowed_ips=g.key.allowed_ips,
-        parent_expires_at=g.key.expires_at,
+        parent_expires_at=_lifetime_bound(g.key),
         allowed_ips=key.allowed_ips or keys.ANY_ADDRESS,
         expires_in_days=keys.lifetime_days_of(key),
         now=now,

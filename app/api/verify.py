@@ -32,7 +32,8 @@ def verify_key():
     except (KeyInvalid, KeyExpired, KeyRevoked) as exc:
         return jsonify(valid=False, reason=REASONS[type(exc)])
     # A user key is an authority for its own tenant only; a client key for every tenant.
-    if not caller.is_client and ctx.tenant_id != caller.tenant_id:
+    # A user access token is a terminal sign-in to Keydesk itself, no key for other services.
+    if (not caller.is_client and ctx.tenant_id != caller.tenant_id) or ctx.kind == "user_token":
         return jsonify(valid=False, reason="invalid")
     return jsonify(
         valid=True,
