@@ -100,6 +100,7 @@ def test_device_authorization_wants_a_form_not_json(client):
 )
 def test_token_endpoint_refuses_bad_input(client, overrides, error):
     flow = start(client)
+    overrides = dict(overrides)  # shared by both databases' runs
     code = overrides.pop("device_code", flow["device_code"])
     assert error_of(poll(client, code, **overrides)) == error
 
