@@ -432,3 +432,24 @@ def test_verify_does_not_vouch_for_a_token(app, client, browser):
     verifier = issue_key(app, scopes=("keys:verify",))
     response = client.post("/api/v1/keys/verify", json={"key": token}, headers=bearer(verifier))
     assert response.json == {"valid": False, "reason": "invalid"}
+
+
+def test_token_revocation_endpoint_signs_the_token_out(app, client, browser):
+    token = sign_in_terminal(client, browser)
+    other = sign_in_terminal(client, browser)
+    url = "/api/v1/oauth/revoke"
+    assert error_of(client.post(url, data={"token": token})) == "invalid_request"
+    assert error_of(client.post(url, data={"client_id": "x", "token": token})) == "invalid_client"
+    # wrong, mistyped or foreign tokens: the same answer, nothing revoked
+    key = issue_key(app)
+    for garbage in ("nope", token[:-1] + "x", key, token.replace("kdu_", "kd_"), "\u202e" * 50):
+        response = client.post(url, data={"client_id": "keydesk-cli", "token": garbage})
+        assert response.status_code == 200 and response.json == {"revoked": True}
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+    response = client.post(url, data={"client_id": "keydesk-cli", "token": token})
+    assert response.status_code == 200
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+    assert client.get("/api/v1/me", headers=bearer(other)).status_code == 200
+    again = client.post(url, data={"client_id": "keydesk-cli", "token": token})
+    assert again.status_code == 200

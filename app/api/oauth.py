@@ -14,7 +14,7 @@ from app.keys import device, tokens
 from app.net import client_ip
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-PARAMETERS = ("grant_type", "device_code", "client_id", "scope")
+PARAMETERS = ("grant_type", "device_code", "client_id", "scope", "token", "token_type_hint")
 
 
 def _params() -> dict[str, str | None]:
@@ -97,5 +97,24 @@ def token():
         expires_in=int(tokens.token_lifetime().total_seconds()),
         scope=scope,
     )
+    response.headers.update(NO_STORE)
+    return response
+
+
+@bp.post("/oauth/revoke")
+@limiter.limit(_device_limit, key_func=lambda: "token-revoke:" + client_ip())
+def revoke():
+    """RFC 7009 token revocation for user access tokens (`keydesk logout`): 200 whether or
+    not the token was valid, so the answer tells a guesser nothing."""
+    try:
+        params = _params()
+        device.check_client(params["client_id"])
+        if not params["token"]:
+            raise device.OAuthError("invalid_request", "Missing parameter: token")
+    except device.OAuthError as exc:
+        return _error(exc)
+    if tokens.revoke_presented_token(token=params["token"], now=utcnow(), actor=anonymous_actor()):
+        db.session.commit()
+    response = jsonify(revoked=True)
     response.headers.update(NO_STORE)
     return response

@@ -12,6 +12,7 @@ The caller commits.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from app import audit
 from app.accounts import policy
 from app.audit import Actor
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, KeyInvalid, NotFound
 from app.extensions import db
 from app.keys import format as keyformat
 from app.keys import service as keys
@@ -184,3 +185,36 @@ def end_user_tokens(user: User, *, now: datetime, reason: str, actor: Actor | No
             tokens=sorted(key_id for (key_id,) in ended),
         )
     return len(ended)
+
+
+def revoke_presented_token(*, token: object, now: datetime, actor: Actor) -> bool:
+    """Sign out with the token itself (RFC 7009, `keydesk logout`). True when it ended one.
+
+    Only the full, correct token ends it; anything else changes nothing and, as RFC 7009
+    asks, gets the same answer from the endpoint (no oracle for guessing tokens).
+    """
+    if not isinstance(token, str):
+        return False
+    try:
+        parsed = keyformat.parse(token.strip())
+    except KeyInvalid:
+        return False
+    if parsed.prefix != keyformat.user_token_prefix(keys.key_prefix()):
+        return False
+    row = db.session.execute(
+        select(ApiKey).where(ApiKey.key_id == parsed.key_id, ApiKey.kind == USER_TOKEN)
+    ).scalar_one_or_none()
+    expected = bytes(row.digest) if row is not None else bytes(32)
+    genuine = hmac.compare_digest(keyformat.digest(keys.pepper(), parsed.secret), expected)
+    if row is None or not genuine or row.user is None:
+        return False
+    try:
+        revoke_user_token(
+            user=row.user,
+            key_id=row.key_id,
+            now=now,
+            actor=Actor("user", row.user.email, actor.ip, actor.user_agent),
+        )
+    except Conflict:
+        return False
+    return True
