@@ -140,6 +140,11 @@ SCHEMAS: dict = {
                 "required": ["id", "name", "scopes", "created_at", "expires_at", "last_used"],
                 "properties": {
                     "id": {"type": "string"},
+                    "kind": {
+                        "type": "string",
+                        "enum": ["user", "client", "user_token"],
+                        "description": "user_token: a terminal sign-in (keydesk login)",
+                    },
                     "name": {"type": "string"},
                     "scopes": {"type": "array", "items": SCOPE},
                     "created_at": UNIX,
@@ -232,6 +237,94 @@ SCHEMAS: dict = {
         "type": "object",
         "required": ["accepted"],
         "properties": {"accepted": {"const": True}, "message": {"type": "string"}},
+    },
+    "OAuthError": {
+        "type": "object",
+        "required": ["error", "error_description"],
+        "properties": {
+            "error": {
+                "type": "string",
+                "enum": [
+                    "invalid_request",
+                    "invalid_client",
+                    "invalid_scope",
+                    "invalid_grant",
+                    "unsupported_grant_type",
+                    "authorization_pending",
+                    "slow_down",
+                    "access_denied",
+                    "expired_token",
+                ],
+                "description": "RFC 6749 section 5.2 and RFC 8628 section 3.5",
+            },
+            "error_description": {"type": "string"},
+        },
+    },
+    "DeviceAuthorizationRequest": {
+        "type": "object",
+        "required": ["client_id"],
+        "properties": {
+            "client_id": {"type": "string", "enum": ["keydesk-cli"]},
+            "scope": {
+                "type": "string",
+                "description": "space-separated; fewer than the user may grant (optional)",
+            },
+        },
+    },
+    "DeviceAuthorization": {
+        "type": "object",
+        "required": [
+            "device_code",
+            "user_code",
+            "verification_uri",
+            "verification_uri_complete",
+            "expires_in",
+            "interval",
+        ],
+        "properties": {
+            "device_code": {"type": "string", "description": "secret: poll the token with it"},
+            "user_code": {"type": "string", "pattern": "^[A-Z]{4}-[A-Z]{4}$"},
+            "verification_uri": {"type": "string", "description": "/device"},
+            "verification_uri_complete": {"type": "string"},
+            "expires_in": {"type": "integer", "description": "seconds"},
+            "interval": {"type": "integer", "description": "seconds between polls"},
+        },
+    },
+    "TokenRequest": {
+        "type": "object",
+        "required": ["grant_type", "device_code", "client_id"],
+        "properties": {
+            "grant_type": {
+                "type": "string",
+                "enum": ["urn:ietf:params:oauth:grant-type:device_code"],
+            },
+            "device_code": {"type": "string"},
+            "client_id": {"type": "string", "enum": ["keydesk-cli"]},
+        },
+    },
+    "Token": {
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in", "scope"],
+        "properties": {
+            "access_token": {"type": "string", "description": "a user access token, kdu_..."},
+            "token_type": {"const": "Bearer"},
+            "expires_in": {"type": "integer", "description": "seconds"},
+            "scope": {"type": "string", "description": "space-separated"},
+        },
+    },
+    "RevokeTokenRequest": {
+        "type": "object",
+        "required": ["client_id", "token"],
+        "properties": {
+            "client_id": {"type": "string", "enum": ["keydesk-cli"]},
+            "token": {"type": "string", "description": "the user access token to end"},
+            "token_type_hint": {"type": "string"},
+        },
+    },
+    "TokenRevoked": {
+        "type": "object",
+        "required": ["revoked"],
+        "properties": {"revoked": {"const": True}},
     },
     "AuditEvent": {
         "type": "object",
@@ -345,6 +438,22 @@ def _op(
     if params:
         op["parameters"] = params
     return op
+
+
+def _form_op(
+    summary: str, body: str, ok: dict, *, limited: bool = False, description: str = ""
+) -> dict:
+    """An OAuth endpoint: form-encoded parameters, RFC 6749 errors, no bearer key."""
+    errors = _json(_ref("OAuthError"), "RFC 6749 / RFC 8628 error")
+    op = _op(summary, ok, scopes=None, errors=(413, 500, 503), description=description)
+    op["responses"]["400"] = errors
+    if limited:
+        op["responses"].update(_errors(429))
+    op["requestBody"] = {
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": _ref(body)}},
+    }
+    return {"post": op}
 
 
 def _path(name: str, description: str) -> dict:
@@ -551,6 +660,26 @@ def _paths() -> dict:
                 "never depends on the key. Rate limited per client address.",
             )
         },
+        "/api/v1/oauth/device_authorization": _form_op(
+            "Start a terminal sign-in (RFC 8628 device authorization)",
+            "DeviceAuthorizationRequest",
+            _ok(200, _ref("DeviceAuthorization"), "codes for the terminal and its user"),
+            limited=True,
+        ),
+        "/api/v1/oauth/token": _form_op(
+            "Poll for the user access token (RFC 8628 section 3.4)",
+            "TokenRequest",
+            _ok(200, _ref("Token"), "approved: the token, exchangeable once"),
+            description="400 with authorization_pending, slow_down (polled sooner than "
+            "`interval`), access_denied, expired_token or invalid_grant (unknown or already "
+            "exchanged) until approved.",
+        ),
+        "/api/v1/oauth/revoke": _form_op(
+            "End a user access token (RFC 7009; `keydesk logout`)",
+            "RevokeTokenRequest",
+            _ok(200, _ref("TokenRevoked"), "whatever the token was: the answer tells nothing"),
+            limited=True,
+        ),
         "/api/v1/openapi.json": {
             "get": _op(
                 "This document",
