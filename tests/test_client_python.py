@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import BIN, PASSWORD, csrf_token, flask_cli, gunicorn, server_env, web_login
+# clients/python, installed into the venv by the Makefile (pip install -e ./clients/python).
+from keydesk_client import Keydesk, KeydeskError, KeyVerifier
 
-keydesk_client = pytest.importorskip("keydesk_client")  # installed by `make` (Makefile)
-from keydesk_client import Keydesk, KeydeskError, KeyVerifier  # noqa: E402
+from tests.servers import BIN, PASSWORD, csrf_token, flask_cli, gunicorn, server_env, web_login
 
 KEY_RE = re.compile(r"^kd_[0-9A-Za-z]{12}_[0-9A-Za-z]{38}$")
 TOKEN_RE = re.compile(r"kdu_[0-9A-Za-z]{12}_[0-9A-Za-z]{38}")
