@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from flask import g, jsonify
 
-from app.api import bp
+from app.api import bp, schemas
 from app.api.auth import require_scopes
-from app.api.common import field, json_body, key_actor, key_owner, string_list
+from app.api.common import json_body, key_actor, key_owner
+from app.api.schemas import parse
 from app.clock import utcnow
 from app.errors import InvalidInput
 from app.extensions import db
@@ -18,8 +19,6 @@ from app.keys import scopes as scope_rules
 from app.keys import service as keys
 from app.keys.authn import validate_allowed_ips
 from app.models import ApiKey
-
-DEFAULT_GRACE_HOURS = 24
 
 
 def _lifetime_bound(ctx) -> int | None:
@@ -46,11 +45,8 @@ def _created(key: ApiKey, full_key: str, now):
 @require_scopes("keys:write")
 def create_key(slug: str):
     owner = key_owner(slug, g.key)
-    data = json_body()
-    name = field(data, "name", str)
-    scopes = string_list(data, "scopes")
-    days = field(data, "expires_in_days", int, default=0)
-    ips = string_list(data, "allowed_ips", default=None)
+    body = parse(schemas.KeyCreate)
+    name, scopes, days, ips = body.name, body.scopes, body.expires_in_days, body.allowed_ips
     try:
         allowed_ips = validate_allowed_ips(ips) if ips is not None else None
     except ValueError as exc:
@@ -107,8 +103,7 @@ def revoke_key(slug: str, key_id: str):
 @require_scopes("keys:write")
 def rotate_key(slug: str, key_id: str):
     owner = key_owner(slug, g.key)
-    data = json_body(required=False)
-    grace_hours = field(data, "grace_hours", int, default=DEFAULT_GRACE_HOURS)
+    grace_hours = parse(schemas.KeyRotate, required=False).grace_hours
     key = keys.get_user_key(user=owner, key_id=key_id)
     # Rotation hands out a new secret with the old key's scopes: the same subset rule as create.
     refused = scope_rules.missing(g.key.scopes, key.scope_list)

@@ -10,7 +10,8 @@ from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from app.api import bp, limits
 from app.api.auth import authenticator, require_scopes
-from app.api.common import anonymous_actor, field, json_body
+from app.api.common import anonymous_actor, json_body
+from app.api.schemas import VerifyRequest, parse
 from app.clock import utcnow
 from app.errors import InvalidInput, KeyExpired, KeyInvalid, KeyRevoked
 from app.extensions import db
@@ -23,7 +24,7 @@ REASONS = {KeyInvalid: "invalid", KeyExpired: "expired", KeyRevoked: "revoked"}
 @bp.post("/keys/verify")
 @require_scopes("keys:verify")
 def verify_key():
-    token = field(json_body(), "key", str)
+    token = parse(VerifyRequest).key
     caller = g.key
     try:
         # The same verdict as the hot path: rotated keys in grace are valid, leaked and
