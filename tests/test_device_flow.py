@@ -453,3 +453,22 @@ def test_token_revocation_endpoint_signs_the_token_out(app, client, browser):
     assert client.get("/api/v1/me", headers=bearer(other)).status_code == 200
     again = client.post(url, data={"client_id": "keydesk-cli", "token": token})
     assert again.status_code == 200
+
+
+def test_demoting_an_admin_ends_their_terminal_sign_ins(app, client, browser):
+    from app.accounts import members
+    from app.accounts import service as accounts
+    from app.audit import Actor
+
+    token = sign_in_terminal(client, browser)
+    create_user(app, "other-admin@example.com")
+    with app.app_context():
+        members.change_role(
+            tenant=accounts.get_tenant_by_slug("acme"),
+            user=accounts.get_user_by_email("alice@example.com"),
+            role="member",
+            actor=Actor.cli(),
+            now=utcnow(),
+        )
+        db.session.commit()
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401

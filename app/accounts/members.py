@@ -21,6 +21,7 @@ from app.accounts.passwords import check_password_rules
 from app.audit import Actor
 from app.errors import Conflict, InvalidInput, NotFound
 from app.extensions import db
+from app.keys.tokens import end_user_tokens
 from app.models import ApiKey, Invite, Tenant, User
 
 INVITE_VALID_FOR = timedelta(days=7)
@@ -103,6 +104,8 @@ def change_role(*, tenant: Tenant, user: User, role: str, actor: Actor, now: dat
         raise Conflict(f"{user.email} is deactivated")
     if role == "member":
         _guard_last_admin(tenant, user, "demoted")
+        # Terminal sign-ins carry the scopes an admin may grant: a demotion ends them.
+        end_user_tokens(user, now=now, reason="role_changed", actor=actor)
     before = user.role
     user.role = role
     audit.record(
@@ -124,7 +127,6 @@ def deactivate(*, tenant: Tenant, user: User, actor: Actor, now: datetime) -> in
     Returns how many keys were revoked.
     """
     from app.admin.inventory import record_key_revocations, working
-    from app.keys.tokens import end_user_tokens
 
     if user.tenant_id != tenant.id:
         raise NotFound("No such member")
