@@ -85,6 +85,8 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         # Terminal sign-in (app/keys/device.py): how long a user access token lives, and
         # the polling interval the device authorization endpoint asks clients to keep.
         "KEYDESK_USER_TOKEN_HOURS": _whole(env, "KEYDESK_USER_TOKEN_HOURS", 8, low=1, high=24 * 90),
+        # The public address in links handed out of band (the device flow's verification_uri).
+        "KEYDESK_BASE_URL": env.get("KEYDESK_BASE_URL", "").strip(),
         "KEYDESK_DEVICE_POLL_INTERVAL": _whole(
             env, "KEYDESK_DEVICE_POLL_INTERVAL", 5, low=1, high=60
         ),

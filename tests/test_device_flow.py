@@ -472,3 +472,12 @@ def test_demoting_an_admin_ends_their_terminal_sign_ins(app, client, browser):
         )
         db.session.commit()
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "app_config", [{"KEYDESK_BASE_URL": "https://keys.example.com/"}], indirect=True
+)
+def test_verification_uri_uses_the_public_base_url(client):
+    flow = start(client)
+    assert flow["verification_uri"] == "https://keys.example.com/device"
+    assert flow["verification_uri_complete"].startswith("https://keys.example.com/device?")
