@@ -481,3 +481,14 @@ def test_verification_uri_uses_the_public_base_url(client):
     flow = start(client)
     assert flow["verification_uri"] == "https://keys.example.com/device"
     assert flow["verification_uri_complete"].startswith("https://keys.example.com/device?")
+
+
+@pytest.mark.parametrize(
+    "app_config", [{"KEYDESK_LOGIN_RATE_LIMIT": "2 per minute"}], indirect=True
+)
+def test_device_authorization_is_rate_limited_per_address(client):
+    for _ in range(2):
+        start(client)
+    response = client.post("/api/v1/oauth/device_authorization", data={"client_id": "keydesk-cli"})
+    assert response.status_code == 429 and response.json["error"] == "rate_limited"
+    assert int(response.headers["Retry-After"]) >= 1

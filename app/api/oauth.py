@@ -4,7 +4,11 @@ errors are RFC 6749 section 5.2 JSON, never cached."""
 
 from __future__ import annotations
 
+import math
+import time
+
 from flask import current_app, jsonify, request, url_for
+from limits import parse as parse_limit
 
 from app.api import bp
 from app.api.common import anonymous_actor
@@ -42,13 +46,31 @@ def _public_url(path: str) -> str:
     return (base or request.url_root.rstrip("/")) + path
 
 
-def _device_limit() -> str:
-    return current_app.config["KEYDESK_LOGIN_RATE_LIMIT"]
+def _rate_limited(kind: str):
+    """Count one request from this address against KEYDESK_LOGIN_RATE_LIMIT; a 429 answer
+    with Retry-After when over it, else None. (Flask-Limiter's decorator would answer
+    without Retry-After here: its header hook is not installed, see create_app.)"""
+    item = parse_limit(current_app.config["KEYDESK_LOGIN_RATE_LIMIT"])
+    key = f"{kind}:{client_ip()}"
+    try:
+        if limiter.limiter.hit(item, key):
+            return None
+        reset_at, _ = limiter.limiter.get_window_stats(item, key)
+    except Exception:  # a limiter fault never fails the request
+        current_app.logger.warning("rate limit storage unavailable", exc_info=True)
+        return None
+    response = jsonify(error="rate_limited", error_description=f"Rate limit of {item} exceeded")
+    response.status_code = 429
+    response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+    response.headers.update(NO_STORE)
+    return response
 
 
 @bp.post("/oauth/device_authorization")
-@limiter.limit(_device_limit, key_func=lambda: "device-authz:" + client_ip())
 def device_authorization():
+    limited = _rate_limited("device-authz")
+    if limited is not None:
+        return limited
     try:
         params = _params()
         row, device_code, user_code = device.start(
@@ -102,10 +124,12 @@ def token():
 
 
 @bp.post("/oauth/revoke")
-@limiter.limit(_device_limit, key_func=lambda: "token-revoke:" + client_ip())
 def revoke():
     """RFC 7009 token revocation for user access tokens (`keydesk logout`): 200 whether or
     not the token was valid, so the answer tells a guesser nothing."""
+    limited = _rate_limited("token-revoke")
+    if limited is not None:
+        return limited
     try:
         params = _params()
         device.check_client(params["client_id"])
