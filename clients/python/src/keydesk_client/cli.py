@@ -182,8 +182,8 @@ def cmd_whoami(args) -> int:
     role = f" ({me.role})" if me.role else ""
     tenant = f" in {me.tenant_slug} ({me.tenant_name})" if me.tenant_slug else ""
     _out(f"{who}{role}{tenant} at {url}")
-    what = "user access token" if me.kind == "user_token" else "API key"
-    _out(f"Signed in with a {what} ({me.key_id}), valid until {_when(me.expires_at)}")
+    what = "a user access token" if me.kind == "user_token" else "an API key"
+    _out(f"Signed in with {what} ({me.key_id}), valid until {_when(me.expires_at)}")
     return 0
 
 
