@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml clients/python/pyproject.toml | cksum | cut -d' ' -f1)
 export KEYDESK_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 export KEYDESK_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 # pytest-xdist workers for `make test` (0: one process). Measured on 2 cores: no gain, as the
@@ -15,12 +15,13 @@ PORT ?= 5000
 .PHONY: run test lint format clean browser e2e bench screenshots
 .PHONY: prometheus
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "python3 -m venv failed; on Debian: apt-get install python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/pip install --quiet -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import flask, flask_login, flask_wtf, flask_sqlalchemy, flask_migrate, argon2, flask_limiter, psycopg, pytest"
+	$(BIN)/pip install --quiet -e ./clients/python 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import flask, flask_login, flask_wtf, flask_sqlalchemy, flask_migrate, argon2, flask_limiter, psycopg, pytest, keydesk_client"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)

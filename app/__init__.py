@@ -60,6 +60,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.admin.invites import bp as invites_bp
     from app.api import init_app as init_api
     from app.auth import bp as auth_bp
+    from app.device import bp as device_bp
     from app.portal import bp as portal_bp
     from app.twofactor import bp as twofactor_bp
     from app.twofactor import gate as twofactor_gate
@@ -69,6 +70,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin_bp)
     app.register_blueprint(invites_bp)
     app.register_blueprint(twofactor_bp)
+    app.register_blueprint(device_bp)
     init_api(app)
     _browser_only(app, browser_hooks)
     twofactor_gate.init_app(app)
@@ -89,7 +91,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 # The blueprints of the browser portal: CSRF-checked forms and session cookies. Every
 # route that changes state outside /api/ must live in one of them (a test checks).
-BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites", "twofactor")
+BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites", "twofactor", "device")
 
 
 def _hooks_added_by(app: Flask, init) -> list[tuple[str, object]]:

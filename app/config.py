@@ -31,6 +31,15 @@ def _positive(env, name: str, default: int) -> int:
     return int(raw)
 
 
+def _whole(env, name: str, default: int, *, low: int, high: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"{name}={raw!r}: use a whole number from {low} to {high}")
+    return int(raw)
+
+
 def instance_secret(instance_path: str, name: str) -> str:
     """Read instance/<name>, creating it (0600, 256 random bits) on first use.
 
@@ -61,10 +70,11 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         f"sqlite:///{Path(instance_path) / 'keydesk.sqlite3'}"
     )
     prefix = env.get("KEYDESK_KEY_PREFIX", "kd")
-    if not PREFIX_RE.match(prefix):
+    # 15 at most: user access tokens add "u" (SPEC "Key format") within the 16 a key may have.
+    if not PREFIX_RE.match(prefix) or len(prefix) > 15:
         # Keys with such a prefix would never parse: refuse to start rather than mint them.
         raise ValueError(
-            f"KEYDESK_KEY_PREFIX={prefix!r}: use 1-16 lowercase letters and digits, "
+            f"KEYDESK_KEY_PREFIX={prefix!r}: use 1-15 lowercase letters and digits, "
             "starting with a letter"
         )
     base_url = (env.get("KEYDESK_BASE_URL") or "").strip()
@@ -106,6 +116,12 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         # Operations (app/metrics.py, app/logs.py): /metrics is 404 unless the token is set.
         "KEYDESK_METRICS_TOKEN": env.get("KEYDESK_METRICS_TOKEN", ""),
         "KEYDESK_LOG_FORMAT": env.get("KEYDESK_LOG_FORMAT", "text").strip().lower(),
+        # Terminal sign-in (app/keys/device.py): how long a user access token lives, and
+        # the polling interval the device authorization endpoint asks clients to keep.
+        "KEYDESK_USER_TOKEN_HOURS": _whole(env, "KEYDESK_USER_TOKEN_HOURS", 8, low=1, high=24 * 90),
+        "KEYDESK_DEVICE_POLL_INTERVAL": _whole(
+            env, "KEYDESK_DEVICE_POLL_INTERVAL", 5, low=1, high=60
+        ),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request

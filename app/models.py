@@ -105,7 +105,8 @@ class ApiKey(db.Model):
     key_id: Mapped[str] = mapped_column(String(32), unique=True)  # public handle
     digest: Mapped[bytes] = mapped_column(LargeBinary(32))  # HMAC-SHA256(pepper, secret)
     name: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(8), default="user")  # "user" | "client"
+    # "user" | "client" | "user_token" (a terminal sign-in: app/keys/tokens.py)
+    kind: Mapped[str] = mapped_column(String(16), default="user")
     tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     scopes: Mapped[str] = mapped_column(Text, default="")  # space-separated
@@ -315,3 +316,33 @@ class Passkey(db.Model):
     name: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UnixTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UnixTime)
+
+
+class DeviceAuthorization(db.Model):
+    """A terminal sign-in in progress (OAuth 2.0 device authorization grant, RFC 8628).
+
+    Only keyed digests of the device code and the user code are stored: a copy of the
+    database cannot approve or redeem a pending sign-in. The user access token is minted
+    at the exchange, so its secret is never stored either.
+    """
+
+    __tablename__ = "device_authorizations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_code_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    user_code_digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str | None] = mapped_column(Text)  # requested; NULL = all the user may grant
+    # "pending" | "approved" | "denied" | "exchanged"
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    expires_at: Mapped[datetime] = mapped_column(UnixTime)
+    interval: Mapped[int] = mapped_column(Integer)  # seconds; slow_down adds 5
+    last_polled_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    request_ip: Mapped[str | None] = mapped_column(String(64))
+    request_user_agent: Mapped[str | None] = mapped_column(String(300))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+
+    user: Mapped[User | None] = relationship()

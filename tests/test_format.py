@@ -8,7 +8,7 @@ import pytest
 from app.errors import KeyInvalid
 from app.keys import format as keyformat
 
-README_PATTERN = re.compile(r"\bkd_[0-9A-Za-z]{12}_[0-9A-Za-z]{38}\b")
+README_PATTERN = re.compile(r"\bkdu?_[0-9A-Za-z]{12}_[0-9A-Za-z]{38}\b")
 
 
 def new_key(prefix: str = "kd") -> tuple[str, str, str]:

@@ -196,9 +196,7 @@ def test_rotated_key_works_in_grace_then_reads_rotated(app, owner):
     assert keys.key_json(old, NOW + timedelta(hours=1))["revoked"] is False
     assert keys.key_json(old, NOW + timedelta(hours=3))["revoked"] is True
     # the hot path agrees: the old key authenticates during the grace period only
-    auth = authn.Authenticator(
-        db.engine, app.config["KEYDESK_KEY_PEPPER"].encode(), prefixes=frozenset({"kd"})
-    )
+    auth = authn.Authenticator(db.engine, app.config["KEYDESK_KEY_PEPPER"].encode(), "kd")
     in_grace = int((NOW + timedelta(hours=1)).timestamp())
     assert auth.authenticate(old_full, now=in_grace).key_id == old.key_id
     with pytest.raises(KeyRevoked):

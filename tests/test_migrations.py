@@ -28,6 +28,7 @@ TABLES = {
     "totp_factors",
     "recovery_codes",
     "passkeys",
+    "device_authorizations",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(

@@ -23,6 +23,7 @@ from app.accounts.passwords import check_password_rules
 from app.audit import Actor
 from app.errors import Conflict, InvalidInput, NotFound
 from app.extensions import db
+from app.keys.tokens import end_user_tokens
 from app.models import ApiKey, Invite, Tenant, User
 
 INVITE_VALID_FOR = timedelta(days=7)
@@ -49,7 +50,7 @@ def list_members(*, tenant: Tenant, now: datetime) -> list[MemberRow]:
     all_keys = (
         select(func.count())
         .select_from(ApiKey)
-        .where(ApiKey.user_id == User.id)
+        .where(ApiKey.user_id == User.id, ApiKey.kind != "user_token")
         .correlate(User)
         .scalar_subquery()
     )
@@ -105,6 +106,8 @@ def change_role(*, tenant: Tenant, user: User, role: str, actor: Actor, now: dat
         raise Conflict(f"{user.email} is deactivated")
     if role == "member":
         _guard_last_admin(tenant, user, "demoted")
+        # Terminal sign-ins carry the scopes an admin may grant: a demotion ends them.
+        end_user_tokens(user, now=now, reason="role_changed", actor=actor)
     before = user.role
     user.role = role
     audit.record(

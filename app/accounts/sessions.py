@@ -173,7 +173,7 @@ def end_user_sessions(
 ) -> int:
     """End every session of `user` but `except_id` (the one making the change, if any), at
     once. Returns how many ended. The one place that signs a user out everywhere: user
-    access tokens end here too once they exist."""
+    access tokens end here too."""
     query = update(UserSession).where(
         UserSession.user_id == user.id, UserSession.ended_at.is_(None)
     )
@@ -184,6 +184,11 @@ def end_user_sessions(
             synchronize_session=False
         )
     )
+    # Terminal sign-ins (user access tokens) end with the browser sessions. A late import:
+    # app.keys imports the accounts package.
+    from app.keys.tokens import end_user_tokens
+
+    end_user_tokens(user, now=now, reason=reason)
     return done.rowcount
 
 

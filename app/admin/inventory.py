@@ -30,6 +30,7 @@ from app.keys.status import (  # noqa: F401 (working: the name the admin pages l
     status_of,
     working,
 )
+from app.keys.tokens import is_api_key
 from app.models import ApiKey, User
 from app.params import whole_number
 
@@ -161,7 +162,7 @@ def _owner_ids(email: str):
 
 
 def conditions(*, tenant_id: int, filters: KeyFilter, now: datetime) -> list[ColumnElement[bool]]:
-    conds: list[ColumnElement[bool]] = [ApiKey.tenant_id == tenant_id]
+    conds: list[ColumnElement[bool]] = [ApiKey.tenant_id == tenant_id, is_api_key()]
     f = filters
     if f.status:
         conds.append(status_condition(f.status, now))

@@ -15,6 +15,7 @@ def init_app(app: Flask) -> None:
         errors,
         keys,
         limits,
+        oauth,
         openapi,
         resources,
         routes,

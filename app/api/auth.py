@@ -46,7 +46,7 @@ def init_app(app) -> None:
         app.extensions["keydesk.authenticator"] = Authenticator(
             db.engine,
             app.config["KEYDESK_KEY_PEPPER"].encode(),
-            prefixes=frozenset({app.config["KEYDESK_KEY_PREFIX"]}),
+            app.config["KEYDESK_KEY_PREFIX"],
             cache_ttl=float(app.config.get("KEYDESK_AUTH_CACHE_TTL", 60) or 0),
         )
         authn = app.extensions["keydesk.authenticator"]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from flask import g, jsonify
 
-from app.api import bp
+from app.api import bp, schemas
 from app.api.auth import require_scopes
-from app.api.common import field, json_body, key_actor, key_owner, string_list
+from app.api.common import json_body, key_actor, key_owner
+from app.api.schemas import parse
 from app.clock import from_unix, utcnow
 from app.errors import InvalidInput
 from app.extensions import db
@@ -19,8 +20,6 @@ from app.keys import service as keys
 from app.keys.authn import validate_allowed_ips
 from app.keys.status import effective_end
 from app.models import ApiKey
-
-DEFAULT_GRACE_HOURS = 24
 
 
 def key_out(key: ApiKey, now) -> dict:
@@ -31,12 +30,14 @@ def key_out(key: ApiKey, now) -> dict:
 
 def _caller_end() -> int | None:
     """The calling key's effective end of life (expiry or grace end, whichever is first):
-    no key it creates, rotates or changes may outlive it."""
+    no key it creates, rotates or changes may outlive it. A user access token is a
+    signed-in user, bound by tenant policy only (SPEC "Signing in from a terminal")."""
+    if g.key.kind == keys.USER_TOKEN:
+        return None
     return effective_end(g.key.expires_at, g.key.revoked_at)
 
 
-def _allowed_ips(data: dict) -> str | None:
-    ips = string_list(data, "allowed_ips", default=None)
+def _allowed_ips(ips: list[str] | None) -> str | None:
     try:
         return validate_allowed_ips(ips) if ips is not None else None
     except ValueError as exc:
@@ -55,12 +56,9 @@ def _created(key: ApiKey, full_key: str, now):
 @require_scopes("keys:write")
 def create_key(slug: str):
     owner = key_owner(slug, g.key)
-    data = json_body()
-    name = field(data, "name", str)
-    scopes = string_list(data, "scopes")
-    days = field(data, "expires_in_days", int, default=0)
-    description = field(data, "description", str, default=None)
-    allowed_ips = _allowed_ips(data)
+    body = parse(schemas.KeyCreate)
+    name, scopes, days, description = body.name, body.scopes, body.expires_in_days, body.description
+    allowed_ips = _allowed_ips(body.allowed_ips)
     now = utcnow()
     allowed_ips = keys.limit_to_parent(
         parent_allowed_ips=g.key.allowed_ips,
@@ -114,10 +112,9 @@ def revoke_key(slug: str, key_id: str):
 @require_scopes("keys:write")
 def rotate_key(slug: str, key_id: str):
     owner = key_owner(slug, g.key)
-    data = json_body(required=False)
-    grace_hours = field(data, "grace_hours", int, default=DEFAULT_GRACE_HOURS)
+    body = parse(schemas.KeyRotate, required=False)
     # None keeps the old key's lifetime, where the tenant policy still allows it.
-    days = field(data, "expires_in_days", int, default=None)
+    grace_hours, days = body.grace_hours, body.expires_in_days
     key = keys.get_user_key(user=owner, key_id=key_id)
     # Rotation hands out a new secret with the old key's scopes: the same subset rule as create.
     refused = scope_rules.missing(g.key.scopes, key.scope_list)
@@ -164,22 +161,17 @@ def update_key(slug: str, key_id: str):
         )
     if not data:
         raise InvalidInput("Send at least one of " + ", ".join(EDITABLE))
-    changes: dict = {}
-    if "name" in data:
-        changes["name"] = field(data, "name", str)
-    if "description" in data:
-        changes["description"] = field(data, "description", str, default=None)
-    if "scopes" in data:
-        changes["scopes"] = string_list(data, "scopes")
-    if "expires_at" in data:
-        stamp = field(data, "expires_at", int, default=None)
+    body = parse(schemas.KeyUpdate)
+    changes: dict = {name: getattr(body, name) for name in body.model_fields_set}
+    if "expires_at" in changes:
+        stamp = changes["expires_at"]
         if stamp is not None and not 0 < stamp < MAX_UNIX:
             raise InvalidInput(
                 "expires_at must be Unix seconds in the future, or null", field="expires_at"
             )
         changes["expires_at"] = from_unix(stamp)
-    if "allowed_ips" in data:
-        changes["allowed_ips"] = _allowed_ips(data)
+    if "allowed_ips" in changes:
+        changes["allowed_ips"] = _allowed_ips(changes["allowed_ips"])
     key = keys.get_user_key(user=owner, key_id=key_id)
     now = utcnow()
     keys.update_key(

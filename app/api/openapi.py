@@ -1,4 +1,6 @@
-"""/api/v1/openapi.json: the OpenAPI 3.1 document of the JSON API, kept beside the code.
+"""/api/v1/openapi.json: the OpenAPI 3.1 document of the JSON API. The bodies (components)
+are generated from the pydantic declarations in app/api/schemas.py, which the views also
+parse requests with; the paths, scopes and error answers are listed here.
 
 tests/test_api_openapi.py checks that it is valid, that every /api/v1 route is in it, and
 runs schemathesis against the live app so the document and the behaviour cannot drift.
@@ -11,6 +13,7 @@ from functools import cache
 from flask import jsonify
 
 from app.api import bp
+from app.api.schemas import component_schemas
 from app.keys.scopes import ALL_SCOPES
 
 STATUSES = ["active", "expiring", "expired", "revoked", "rotated", "leaked"]
@@ -24,285 +27,10 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-UNIX = {"type": "integer", "description": "Unix seconds"}
-UNIX_OR_NULL = {"type": ["integer", "null"], "description": "Unix seconds; null for never"}
 SCOPE = {"type": "string", "enum": list(ALL_SCOPES)}
 
-SCHEMAS: dict = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "error_description"],
-        "properties": {
-            "error": {
-                "type": "string",
-                "description": "invalid_request, invalid_token, insufficient_scope, forbidden,"
-                " not_found, conflict, policy_violation, rate_limited, ...",
-            },
-            "error_description": {"type": "string"},
-            "field": {"type": "string", "description": "the input a 400 refusal concerns"},
-        },
-    },
-    "Key": {
-        "type": "object",
-        "required": ["id", "name", "scopes", "created_at", "expires_at", "last_used", "revoked"],
-        "properties": {
-            "id": {"type": "string", "description": "the public key id"},
-            "name": {"type": "string"},
-            "description": {"type": ["string", "null"]},
-            "scopes": {"type": "array", "items": SCOPE},
-            "created_at": UNIX,
-            "expires_at": {
-                **UNIX_OR_NULL,
-                "description": "effective end of life: expiry, or the end of a rotation's"
-                " grace period when that comes first; null = never",
-            },
-            "last_used": UNIX_OR_NULL,
-            "revoked": {"type": "boolean"},
-            "status": {"type": "string", "enum": STATUSES},
-            "allowed_ips": {
-                "type": ["array", "null"],
-                "items": {"type": "string"},
-                "description": "CIDR allow-list; null = any address",
-            },
-        },
-    },
-    "NewKey": {
-        "allOf": [
-            _ref("Key"),
-            {
-                "type": "object",
-                "required": ["api_key"],
-                "properties": {
-                    "api_key": {
-                        "type": "string",
-                        "description": "the full key; shown in this response only",
-                    }
-                },
-            },
-        ]
-    },
-    "AdminKey": {
-        "allOf": [
-            _ref("Key"),
-            {
-                "type": "object",
-                "required": ["owner", "status"],
-                "properties": {
-                    "owner": {"type": ["string", "null"], "description": "owner's email"},
-                    "status": {"type": "string", "enum": STATUSES},
-                },
-            },
-        ]
-    },
-    "KeyCreate": {
-        "type": "object",
-        "required": ["name", "scopes"],
-        "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 100},
-            "description": {"type": ["string", "null"], "maxLength": 100},
-            "scopes": {
-                "type": "array",
-                "items": SCOPE,
-                "minItems": 1,
-                "description": "a subset of the calling key's scopes (admin:all covers all)",
-            },
-            "expires_in_days": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 3650,
-                "default": 0,
-                "description": "0 = never (where tenant policy allows)",
-            },
-            "allowed_ips": {
-                "type": ["array", "null"],
-                "items": {"type": "string"},
-                "maxItems": 50,
-                "description": "IPv4/IPv6 addresses or CIDR ranges the key may be used from",
-            },
-        },
-    },
-    "KeyRotate": {
-        "type": "object",
-        "properties": {
-            "grace_hours": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 168,
-                "default": 24,
-                "description": "how long the old key keeps working",
-            },
-            "expires_in_days": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 3650,
-                "description": "the successor's lifetime (0 = never); omitted: the old key's"
-                " lifetime, where tenant policy still allows it",
-            },
-        },
-    },
-    "KeyUpdate": {
-        "type": "object",
-        "minProperties": 1,
-        "additionalProperties": False,
-        "description": "any of these; the rules of creation apply (tenant policy, and nothing"
-        " beyond the calling key's own scopes, lifetime and allow-list)",
-        "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 100},
-            "description": {"type": ["string", "null"], "maxLength": 100},
-            "scopes": {"type": "array", "items": SCOPE, "minItems": 1},
-            "expires_at": {**UNIX_OR_NULL, "description": "Unix seconds; null = never"},
-            "allowed_ips": {
-                "type": ["array", "null"],
-                "items": {"type": "string"},
-                "maxItems": 50,
-                "description": "addresses or CIDR ranges; null = any address",
-            },
-        },
-    },
-    "RevokeResult": {
-        "type": "object",
-        "required": ["success", "message"],
-        "properties": {"success": {"const": True}, "message": {"type": "string"}},
-    },
-    "Me": {
-        "type": "object",
-        "required": ["key", "user", "tenant"],
-        "properties": {
-            "key": {
-                "type": "object",
-                "required": ["id", "name", "scopes", "created_at", "expires_at", "last_used"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "name": {"type": "string"},
-                    "scopes": {"type": "array", "items": SCOPE},
-                    "created_at": UNIX,
-                    "expires_at": UNIX_OR_NULL,
-                    "last_used": UNIX_OR_NULL,
-                },
-            },
-            "user": {
-                "oneOf": [
-                    {"type": "null"},
-                    {
-                        "type": "object",
-                        "required": ["email", "role"],
-                        "properties": {
-                            "email": {"type": "string"},
-                            "role": {"type": "string", "enum": ["admin", "member"]},
-                        },
-                    },
-                ],
-                "description": "null for a client key",
-            },
-            "tenant": {
-                "oneOf": [
-                    {"type": "null"},
-                    {
-                        "type": "object",
-                        "required": ["slug", "name"],
-                        "properties": {"slug": {"type": "string"}, "name": {"type": "string"}},
-                    },
-                ],
-                "description": "null for a client key",
-            },
-        },
-    },
-    "Resource": {
-        "type": "object",
-        "required": ["id", "name", "type", "created_at"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "type": {"type": "string"},
-            "created_at": UNIX,
-        },
-    },
-    "ResourceCreate": {
-        "type": "object",
-        "required": ["name", "type"],
-        "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 200},
-            "type": {"type": "string", "minLength": 1, "maxLength": 64},
-        },
-    },
-    "VerifyRequest": {
-        "type": "object",
-        "required": ["key"],
-        "properties": {"key": {"type": "string", "description": "the full key to check"}},
-    },
-    "VerifyResult": {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": [
-                    "valid",
-                    "key_id",
-                    "owner",
-                    "tenant",
-                    "scopes",
-                    "expires_at",
-                    "allowed_ips",
-                ],
-                "properties": {
-                    "valid": {"const": True},
-                    "key_id": {"type": "string"},
-                    "owner": {"type": ["string", "null"], "description": "email; null: client"},
-                    "tenant": {"type": ["string", "null"], "description": "slug; null: client"},
-                    "scopes": {"type": "array", "items": SCOPE},
-                    "expires_at": UNIX_OR_NULL,
-                    "allowed_ips": {
-                        "type": ["array", "null"],
-                        "items": {"type": "string"},
-                        "description": "CIDR ranges the key may be used from; null: any",
-                    },
-                },
-            },
-            {
-                "type": "object",
-                "required": ["valid", "reason"],
-                "properties": {
-                    "valid": {"const": False},
-                    "reason": {"type": "string", "enum": ["invalid", "expired", "revoked"]},
-                },
-            },
-        ]
-    },
-    "LeakReport": {
-        "type": "object",
-        "properties": {
-            "key": {"type": "string", "description": "the leaked key"},
-            "source_url": {"type": "string", "description": "where it was found"},
-        },
-    },
-    "Accepted": {
-        "type": "object",
-        "required": ["accepted"],
-        "properties": {"accepted": {"const": True}, "message": {"type": "string"}},
-    },
-    "AuditEvent": {
-        "type": "object",
-        "properties": {
-            "id": {"type": ["integer", "string"]},
-            "created_at": UNIX,
-            "action": {"type": "string"},
-            "actor_type": {"type": "string"},
-            "actor": {"type": "string"},
-            "ip": {"type": ["string", "null"]},
-            "user_agent": {"type": ["string", "null"]},
-            "target_type": {"type": ["string", "null"]},
-            "target": {"type": ["string", "null"]},
-            "details": {"type": "object"},
-        },
-    },
-    "AuditPage": {
-        "type": "object",
-        "required": ["events", "next_cursor"],
-        "properties": {
-            "events": {"type": "array", "items": _ref("AuditEvent")},
-            "next_cursor": {"type": ["string", "null"]},
-        },
-    },
-}
+# Every body the API takes or gives, generated from its declaration in app/api/schemas.py.
+SCHEMAS: dict = component_schemas()
 
 _RATE_HEADERS = {
     name: {"schema": {"type": "string"}, "description": text}
@@ -391,6 +119,22 @@ def _op(
     if params:
         op["parameters"] = params
     return op
+
+
+def _form_op(
+    summary: str, body: str, ok: dict, *, limited: bool = False, description: str = ""
+) -> dict:
+    """An OAuth endpoint: form-encoded parameters, RFC 6749 errors, no bearer key."""
+    errors = _json(_ref("OAuthError"), "RFC 6749 / RFC 8628 error")
+    op = _op(summary, ok, scopes=None, errors=(413, 500, 503), description=description)
+    op["responses"]["400"] = errors
+    if limited:
+        op["responses"].update(_errors(429))
+    op["requestBody"] = {
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": _ref(body)}},
+    }
+    return {"post": op}
 
 
 def _path(name: str, description: str) -> dict:
@@ -608,6 +352,26 @@ def _paths() -> dict:
                 "never depends on the key. Rate limited per client address.",
             )
         },
+        "/api/v1/oauth/device_authorization": _form_op(
+            "Start a terminal sign-in (RFC 8628 device authorization)",
+            "DeviceAuthorizationRequest",
+            _ok(200, _ref("DeviceAuthorization"), "codes for the terminal and its user"),
+            limited=True,
+        ),
+        "/api/v1/oauth/token": _form_op(
+            "Poll for the user access token (RFC 8628 section 3.4)",
+            "TokenRequest",
+            _ok(200, _ref("Token"), "approved: the token, exchangeable once"),
+            description="400 with authorization_pending, slow_down (polled sooner than "
+            "`interval`), access_denied, expired_token or invalid_grant (unknown or already "
+            "exchanged) until approved.",
+        ),
+        "/api/v1/oauth/revoke": _form_op(
+            "End a user access token (RFC 7009; `keydesk logout`)",
+            "RevokeTokenRequest",
+            _ok(200, _ref("TokenRevoked"), "whatever the token was: the answer tells nothing"),
+            limited=True,
+        ),
         "/api/v1/openapi.json": {
             "get": _op(
                 "This document",

@@ -8,7 +8,8 @@ from flask import g, jsonify, request
 from app import resources
 from app.api import bp
 from app.api.auth import require_scopes
-from app.api.common import field, json_body, key_actor, tenant_for
+from app.api.common import key_actor, tenant_for
+from app.api.schemas import ResourceCreate, parse
 from app.clock import utcnow
 from app.errors import InvalidInput
 from app.extensions import db
@@ -33,11 +34,11 @@ def list_resources():
 @require_scopes("api:write")
 def create_resource():
     tenant = _tenant()
-    data = json_body()
+    body = parse(ResourceCreate)
     resource = resources.create_resource(
         tenant=tenant,
-        name=field(data, "name", str),
-        type_=field(data, "type", str),
+        name=body.name,
+        type_=body.type,
         now=utcnow(),
         actor=key_actor(),
     )

@@ -19,6 +19,7 @@ def me():
     return jsonify(
         key={
             "id": ctx.key_id,
+            "kind": ctx.kind,
             "name": ctx.name,
             "scopes": sorted(ctx.scopes),
             "created_at": ctx.created_at,

@@ -10,7 +10,8 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMe
 
 from app.api import bp, limits
 from app.api.auth import authenticator, require_scopes
-from app.api.common import anonymous_actor, field, json_body
+from app.api.common import anonymous_actor, json_body
+from app.api.schemas import VerifyRequest, parse
 from app.clock import utcnow
 from app.errors import InvalidInput, KeyExpired, KeyInvalid, KeyRevoked
 from app.extensions import db
@@ -24,7 +25,7 @@ REASONS = {KeyInvalid: "invalid", KeyExpired: "expired", KeyRevoked: "revoked"}
 @bp.post("/keys/verify")
 @require_scopes("keys:verify")
 def verify_key():
-    token = field(json_body(), "key", str)
+    token = parse(VerifyRequest).key
     caller = g.key
     checker = authenticator()
     try:
@@ -40,7 +41,8 @@ def verify_key():
             return jsonify(valid=False, reason="invalid")
         return jsonify(valid=False, reason=REASONS[type(exc)])
     # A user key is an authority for its own tenant only; a client key for every tenant.
-    if not caller.is_client and ctx.tenant_id != caller.tenant_id:
+    # A user access token is a terminal sign-in to Keydesk itself, no key for other services.
+    if (not caller.is_client and ctx.tenant_id != caller.tenant_id) or ctx.kind == "user_token":
         return jsonify(valid=False, reason="invalid")
     return jsonify(
         valid=True,

@@ -1,7 +1,9 @@
 """The hot path: turn a bearer token into a KeyContext, or raise why not.
 
 Runs on every API call, so it stays small and avoids the ORM:
-1. parse + CRC32 check (no I/O: a mistyped or random token never reaches the database);
+1. parse + CRC32 check, and the prefix must be the key prefix or the user access token
+   prefix (no I/O: a mistyped or random token, or one of another kind, never reaches the
+   database);
 2. one indexed lookup by key id on a DBAPI connection in autocommit, kept by this module
    (no Session, no identity map, no pool checkout, no ping, no rollback);
 3. HMAC-SHA256(pepper, secret) compared in constant time;
@@ -59,7 +61,7 @@ class KeyContext(NamedTuple):
     pk: int
     key_id: str
     name: str
-    kind: str  # "user" | "client"
+    kind: str  # "user" | "client" | "user_token"
     scopes: frozenset[str]
     allowed_ips: str | None
     created_at: int
@@ -82,15 +84,15 @@ class Authenticator:
     """Bound once per app to its engine and pepper."""
 
     def __init__(
-        self, engine: Engine, pepper: bytes, prefixes: frozenset[str], *,
+        self, engine: Engine, pepper: bytes, prefix: str = "kd", *,
         cache_ttl: float | None = None, heartbeat: float | None = None,
     ) -> None:  # fmt: skip
         self.pepper = pepper
-        # The prefixes this deployment issues (KEYDESK_KEY_PREFIX). A token with any other
-        # prefix is refused before the lookup: the checksum alone does not bind the prefix
-        # (anyone can recompute a CRC), and a key is only ever shown with its own prefix.
-        self.prefixes = prefixes
         self._digest = keyformat.Digester(pepper)
+        # prefix -> whether it names a user access token (SPEC "Key format": "kdu_..."). A
+        # token with any other prefix is refused before the lookup: the checksum alone does
+        # not bind the prefix (anyone can recompute a CRC).
+        self._prefixes = {prefix: False, keyformat.user_token_prefix(prefix): True}
         # Connections come from a small engine of its own, on the same database, so that
         # SQLAlchemy applies the URL, the driver options and the connect events (SQLite
         # pragmas), and in AUTOCOMMIT: a lookup is one statement and never leaves a
@@ -216,7 +218,8 @@ class Authenticator:
 
     def authenticate(self, token: str, *, now: int, live: bool | None = None) -> KeyContext:
         parsed = keyformat.parse(token)  # raises KeyInvalid without I/O
-        if parsed.prefix not in self.prefixes:
+        is_token = self._prefixes.get(parsed.prefix)
+        if is_token is None:  # another prefix: refused before any lookup
             raise KeyInvalid()
         row = self.row(parsed.key_id, live)
         digest = self._digest(parsed.secret)
@@ -226,6 +229,8 @@ class Authenticator:
         (pk, key_id, _, name, kind, scopes, allowed_ips, created_at, expires_at, revoked_at,
          last_used_at, tenant_id, tenant_slug, tenant_name, user_id, email, role,
          deactivated_at) = row  # fmt: skip
+        if (kind == "user_token") is not is_token:  # a token's id under the key prefix
+            raise KeyInvalid()
         if (revoked_at is not None and revoked_at <= now) or deactivated_at is not None:
             raise KeyRevoked()
         if expires_at is not None and expires_at <= now:

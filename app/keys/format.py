@@ -36,10 +36,15 @@ TOKEN_RE = re.compile(
 MAX_TOKEN_LENGTH = 16 + 1 + KEY_ID_LENGTH + 1 + SECRET_LENGTH + CHECKSUM_LENGTH
 
 
+def user_token_prefix(prefix: str) -> str:
+    """User access tokens carry the key prefix plus "u" (SPEC "Key format")."""
+    return prefix + "u"
+
+
 def scanner_regex(prefix: str = "kd") -> str:
-    """The pattern README gives secret scanners."""
+    """The pattern README gives secret scanners: API keys and user access tokens alike."""
     return (
-        rf"\b{re.escape(prefix)}_[0-9A-Za-z]{{{KEY_ID_LENGTH}}}"
+        rf"\b{re.escape(prefix)}u?_[0-9A-Za-z]{{{KEY_ID_LENGTH}}}"
         rf"_[0-9A-Za-z]{{{SECRET_LENGTH + CHECKSUM_LENGTH}}}\b"
     )
 

@@ -65,6 +65,9 @@ def report_leak(*, token: object, source_url: object, now: datetime, actor: Acto
         parsed = keyformat.parse(token.strip())
     except KeyInvalid:
         return False
+    prefix = keys.key_prefix()
+    if parsed.prefix not in (prefix, keyformat.user_token_prefix(prefix)):
+        return False  # not a key of this Keydesk: refused before any lookup
     key = db.session.execute(
         select(ApiKey).where(ApiKey.key_id == parsed.key_id)
     ).scalar_one_or_none()

@@ -29,6 +29,8 @@ UNSET: object = object()  # "not given" for update_key's optional fields
 MAX_EXPIRY_DAYS = 3650
 MAX_GRACE_HOURS = 168
 MAX_DESCRIPTION = 100  # SPEC: names and descriptions are 1-100 characters
+# User access tokens live in api_keys too (app/keys/tokens.py) but are no user's keys.
+USER_TOKEN = "user_token"  # noqa: S105  (a kind, not a secret)
 
 
 def pepper() -> bytes:
@@ -504,7 +506,9 @@ def record_key_revocations(
 def get_user_key(*, user: User, key_id: str) -> ApiKey:
     """One of the user's own keys; NotFound for anything else (other users, other tenants)."""
     key = db.session.execute(
-        select(ApiKey).where(ApiKey.key_id == key_id, ApiKey.user_id == user.id)
+        select(ApiKey).where(
+            ApiKey.key_id == key_id, ApiKey.user_id == user.id, ApiKey.kind != USER_TOKEN
+        )
     ).scalar_one_or_none()
     if key is None:
         raise NotFound("No such key")
@@ -513,7 +517,9 @@ def get_user_key(*, user: User, key_id: str) -> ApiKey:
 
 def get_tenant_key(*, tenant_id: int, key_id: str) -> ApiKey:
     key = db.session.execute(
-        select(ApiKey).where(ApiKey.key_id == key_id, ApiKey.tenant_id == tenant_id)
+        select(ApiKey).where(
+            ApiKey.key_id == key_id, ApiKey.tenant_id == tenant_id, ApiKey.kind != USER_TOKEN
+        )
     ).scalar_one_or_none()
     if key is None:
         raise NotFound("No such key")
@@ -524,7 +530,7 @@ def list_user_keys(*, user: User) -> list[ApiKey]:
     return list(
         db.session.execute(
             select(ApiKey)
-            .where(ApiKey.user_id == user.id)
+            .where(ApiKey.user_id == user.id, ApiKey.kind != USER_TOKEN)
             .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
         ).scalars()
     )

@@ -88,8 +88,9 @@ def _not_rotated() -> ColumnElement[bool]:
 
 
 def working(now: datetime) -> ColumnElement[bool]:
-    """Keys that authenticate right now (is_working)."""
-    return and_(_not_stopped(now), _not_expired(now))
+    """Keys that authenticate right now (is_working). User access tokens are sign-ins, not
+    keys: never counted, reminded of or bulk-revoked as keys (app/keys/tokens.py)."""
+    return and_(_not_stopped(now), _not_expired(now), ApiKey.kind != "user_token")
 
 
 def ends_by(moment: datetime) -> ColumnElement[bool]:

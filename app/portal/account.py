@@ -10,9 +10,10 @@ from app.auth.forms import ChangePasswordForm
 from app.auth.signin import current_session, renew_session, sign_out, timeouts
 from app.auth.sudo import sudo_required
 from app.clock import utcnow
-from app.errors import InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.extensions import db
 from app.key_actions import ConfirmForm
+from app.keys import tokens
 from app.portal import bp
 from app.twofactor.routes import security_context
 from app.web import csrf_failed
@@ -77,7 +78,14 @@ def change_password():
 
 @bp.get("/account/sessions")
 def account_sessions():
-    return render_template("portal/sessions.html", entries=_entries(), form=ConfirmForm())
+    return render_template(
+        "portal/sessions.html",
+        entries=_entries(),
+        form=ConfirmForm(),
+        user_tokens=tokens.list_user_tokens(current_user, now=utcnow()),
+        token_form=ConfirmForm(),
+        token_back=url_for("portal.account_sessions"),
+    )
 
 
 @bp.post("/account/sessions/<session_id>/revoke")
@@ -94,13 +102,30 @@ def revoke_session(session_id: str):
             timeouts=timeouts(),
         )
     except NotFound:
-        abort(404)
+        return _revoke_terminal(session_id)
     db.session.commit()
     if row.id == current_id:
         sign_out(reason="revoked")
         flash("You ended this session and are signed out.", "info")
         return redirect(url_for("auth.login"))
     flash(f"Session on {sessions.describe_device(row.user_agent)} ended.", "success")
+    return redirect(url_for("portal.account_sessions"))
+
+
+def _revoke_terminal(key_id: str):
+    """A terminal sign-in (user access token) listed on the same page, ended the same way."""
+    try:
+        tokens.revoke_user_token(
+            user=current_user, key_id=key_id, now=utcnow(), actor=request_actor()
+        )
+    except NotFound:
+        abort(404)
+    except Conflict as exc:
+        db.session.rollback()
+        flash(str(exc), "info")
+    else:
+        db.session.commit()
+        flash("That terminal is signed out.", "success")
     return redirect(url_for("portal.account_sessions"))
 
 
