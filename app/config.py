@@ -72,6 +72,10 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_MAIL_URL": env.get("KEYDESK_MAIL_URL", ""),
         "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
         "KEYDESK_LEAK_REPORT_LIMIT": env.get("KEYDESK_LEAK_REPORT_LIMIT", "30 per minute"),
+        # SSO: off, a tenant admin's issuer URL may only reach https:// on public addresses.
+        "KEYDESK_SSO_ALLOW_PRIVATE_ISSUERS": _bool(
+            env.get("KEYDESK_SSO_ALLOW_PRIVATE_ISSUERS", "false")
+        ),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request

@@ -22,6 +22,11 @@ TABLES = {
     "audit_events",
     "resources",
     "invites",
+    "sso_configs",
+    "sso_domains",
+    "sso_logins",
+    "scim_tokens",
+    "scim_users",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(
