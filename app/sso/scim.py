@@ -227,17 +227,21 @@ def parse_filter(text: str | None) -> str | None:
         raise ScimError(400, 'Only the filter userName eq "..." is supported', "invalidFilter")
     try:
         value = json.loads(f'"{match.group(1)}"')
-    except ValueError:
+        value.encode("utf-8")  # a \ud800 escape decodes to a lone surrogate
+    except (ValueError, UnicodeEncodeError):
         raise ScimError(400, "The filter value is not a valid string", "invalidFilter") from None
+    if any(ord(ch) < 0x20 for ch in value):
+        raise ScimError(400, "The filter value has control characters", "invalidFilter")
     return value
 
 
 def _whole(value: str | None, *, name: str, default: int) -> int:
     if value is None or value == "":
         return default
-    if not re.fullmatch(r"-?\d{1,12}", value):
+    if not re.fullmatch(r"-?\d{1,20}", value):
         raise ScimError(400, f"{name} must be an integer", "invalidValue")
-    return int(value)
+    # Clamped: no page lies past 2**31 users, and an OFFSET past 2**63 breaks PostgreSQL.
+    return max(-(2**31), min(int(value), 2**31))
 
 
 @dataclass
