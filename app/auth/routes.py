@@ -118,7 +118,8 @@ def login():
             sso.record_password_refused(user=user, actor=request_actor(), now=utcnow())
             db.session.commit()
             error = (
-                f"{user.tenant.name} signs in through single sign-on: use “Sign in with SSO” below."
+                f"{user.tenant.name} signs in through single sign-on: "
+                "enter your email and choose “Use single sign-on (SSO)”."
             )
             return render_template("auth/login.html", form=form, error=error), 403
         db.session.commit()  # the audit event of a failure is kept too
@@ -135,7 +136,7 @@ def login():
 
 
 def _sso_login(form: LoginForm):
-    """The "Sign in with SSO" button: the email's domain picks the tenant and its provider."""
+    """The "Use single sign-on" button: the email's domain picks the tenant and its provider."""
     email = (request.form.get("email") or "").strip()
     tenant = sso.tenant_for_email(email) if len(email) <= 254 else None
     if tenant is None:
@@ -148,7 +149,11 @@ def _sso_login(form: LoginForm):
     next_url = request.args.get("next") or request.form.get("next")
     if next_url:
         args["next"] = safe_next(next_url)
-    return redirect(url_for("sso.login", slug=tenant.slug, **args))
+    target = url_for("sso.login", slug=tenant.slug, **args)
+    # A page, not a redirect: the CSP's form-action 'self' also covers every redirect that
+    # follows a form submission, so a chain from this POST to the provider's origin would be
+    # blocked. The page moves on by itself (meta refresh: a navigation of its own).
+    return render_template("sso/continue.html", target=target, tenant=tenant), 200
 
 
 @bp.post("/logout")
