@@ -72,6 +72,9 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_MAIL_URL": env.get("KEYDESK_MAIL_URL", ""),
         "KEYDESK_MAIL_FROM": env.get("KEYDESK_MAIL_FROM", "keydesk@localhost"),
         "KEYDESK_LEAK_REPORT_LIMIT": env.get("KEYDESK_LEAK_REPORT_LIMIT", "30 per minute"),
+        # The public URL (scheme and host), for links and redirect URIs Keydesk hands out;
+        # unset: the request's own host.
+        "KEYDESK_BASE_URL": env.get("KEYDESK_BASE_URL", "").strip().rstrip("/"),
         # SSO: off, a tenant admin's issuer URL may only reach https:// on public addresses.
         "KEYDESK_SSO_ALLOW_PRIVATE_ISSUERS": _bool(
             env.get("KEYDESK_SSO_ALLOW_PRIVATE_ISSUERS", "false")

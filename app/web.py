@@ -258,6 +258,11 @@ def database_down(error):
         response = error_response(
             503, "temporarily_unavailable", "The service is temporarily unavailable"
         )
+    elif request.path.startswith("/scim/"):
+        from app.sso.scim import ScimError
+        from app.sso.scim_views import error_response as scim_error_response
+
+        response = scim_error_response(ScimError(503, "The service is temporarily unavailable"))
     else:
         # A standalone page: the normal layout reads the signed-in user, i.e. the database.
         response = make_response(UNAVAILABLE_PAGE, 503)

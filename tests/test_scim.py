@@ -261,6 +261,11 @@ def test_bad_create_bodies_are_400_scim_json(app, client, token, raw, status):
     assert_scim_error(call(client, "POST", "/Users", token, raw=raw), status)
 
 
+def test_a_huge_body_is_413_scim_json(app, client, token):
+    huge = json.dumps({"userName": "a@example.com", "x": "y" * 70_000}).encode()
+    assert_scim_error(call(client, "POST", "/Users", token, raw=huge), 413)
+
+
 def test_create_needs_json(app, client, token):
     response = client.post(
         "/scim/v2/Users", headers={"Authorization": f"Bearer {token}"}, data={"userName": "x"}

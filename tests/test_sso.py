@@ -315,6 +315,40 @@ def test_login_page_sso_button_picks_the_tenant_by_domain(app, client, real_prov
         assert client.post("/login", data={"email": junk, "sso": "1"}).status_code == 400
 
 
+def test_sso_login_start_with_odd_input(app, client, crafted):
+    create_user(app)
+    configure(app, crafted.issuer)
+    for query_string in (
+        {"next": "/" + "a" * 5000},
+        {"next": "https://evil.example/"},
+        {"login_hint": "x" * 5000},
+        {"login_hint": "bad\u202ehint"},
+        {"next": "/\t/evil.example"},
+    ):
+        response = client.get("/sso/acme/login", query_string=query_string)
+        assert response.status_code == 302, query_string
+        sent = query(response.headers["Location"])
+        assert "login_hint" not in sent or len(sent["login_hint"]) <= 254
+        assert "\u202e" not in sent.get("login_hint", "")
+    with app.app_context():
+        stored = [row.next_url for row in db.session.execute(select(SsoLogin)).scalars()]
+    assert all(n is None or n == "/keys" for n in stored), stored
+
+
+@pytest.mark.parametrize(
+    "app_config", [{"KEYDESK_BASE_URL": "https://keys.example.com"}], indirect=True
+)
+def test_the_redirect_uri_uses_the_public_base_url(app, client, crafted):
+    create_user(app)
+    configure(app, crafted.issuer)
+    sent = query(client.get("/sso/acme/login").headers["Location"])
+    assert sent["redirect_uri"] == "https://keys.example.com/sso/acme/callback"
+    login(client)
+    assert "https://keys.example.com/sso/acme/callback" in client.get("/admin/sso").get_data(
+        as_text=True
+    )
+
+
 def test_login_button_keeps_next(app, client, real_provider):
     create_user(app)
     configure(app, real_provider.issuer)

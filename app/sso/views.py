@@ -59,7 +59,7 @@ def login(slug: str):
         )  # fmt: skip
         return _refused_page(refusal)
     next_url = request.args.get("next")
-    next_url = safe_next(next_url) if next_url else None
+    next_url = safe_next(next_url) if next_url and len(next_url) <= 2000 else None
     if current_user.is_authenticated and current_user.tenant_id == tenant.id:
         return redirect(next_url or url_for("portal.keys"))
     hint = (request.args.get("login_hint") or "").strip()
