@@ -23,6 +23,7 @@ from tests.conftest import bearer, create_user, issue_key, login
 from tests.servers import gunicorn, server_env
 
 SCIM_JSON = "application/scim+json"
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
 
 def make_token(app, tenant: str = "acme") -> str:
@@ -371,6 +372,8 @@ def test_patch_ignores_profile_attributes_and_keeps_external_id(app, client, tok
         {"op": "add", "path": "externalId", "value": "ext-1"},
         {"op": "replace", "path": 'emails[type eq "work"].value', "value": "bob@example.com"},
         {"op": "replace", "path": f"{scim.USER_SCHEMA}:displayName", "value": "Bob"},
+        {"op": "add", "path": f"{ENTERPRISE}:department", "value": "Ops"},
+        {"op": "replace", "value": {ENTERPRISE: {"manager": {"value": "x"}}, "title": "Dev"}},
     ]
     patched = call(client, "PATCH", f"/Users/{bob['id']}", token, {"Operations": ops})
     assert patched.status_code == 200, patched.get_data(as_text=True)

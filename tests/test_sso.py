@@ -849,3 +849,25 @@ def test_address_rules():
 def test_passwords_still_work_for_tenants_without_sso(app, client):
     create_user(app)
     assert login(client, "alice@example.com", PASSWORD).status_code == 302
+
+
+@pytest.mark.parametrize("app_config", [{"WTF_CSRF_ENABLED": True}], indirect=True)
+def test_admin_sso_forms_need_the_csrf_token(app, client, crafted):
+    create_user(app)
+    page = client.get("/login").get_data(as_text=True)
+    token = BeautifulSoup(page, "html.parser").find("input", {"name": "csrf_token"})["value"]
+    signed = client.post("/login", data={"email": "alice@example.com", "password": PASSWORD,
+                                         "csrf_token": token})  # fmt: skip
+    assert signed.status_code == 302
+    assert _save(client, issuer=crafted.issuer).status_code == 400
+    assert client.post("/admin/sso/scim-token").status_code == 400
+    assert client.post("/login", data={"email": "n@acme.example", "sso": "1"}).status_code == 400
+    with app.app_context():
+        assert db.session.execute(select(SsoConfig)).first() is None
+        assert scim_token_count() == 0
+
+
+def scim_token_count() -> int:
+    from app.models import ScimToken
+
+    return len(db.session.execute(select(ScimToken)).all())

@@ -31,7 +31,7 @@ from joserfc.errors import (
     JoseError,
 )
 from joserfc.jwk import KeySet
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from app import audit, secretbox
 from app.accounts import service as accounts
@@ -206,7 +206,7 @@ def _consume(*, tenant: Tenant, state: str, now: datetime) -> SsoLogin:
             "Start again from the sign-in page.",
             reason="replayed_or_expired",
         )
-    return db.session.query(SsoLogin).filter_by(state_digest=digest).one()
+    return db.session.execute(select(SsoLogin).where(SsoLogin.state_digest == digest)).scalar_one()
 
 
 def _exchange(

@@ -273,6 +273,8 @@ def list_users(
         if size and start <= max(total, 0) + 1
         else []
     )
+    # One query for the page's SCIM identities (the identity map then answers each get).
+    db.session.execute(select(ScimUser).where(ScimUser.user_id.in_([u.id for u in users]))).all()
     return Page(
         total=total, start_index=start, identities=[_identity_for(u, now=now) for u in users]
     )
@@ -427,9 +429,11 @@ def patch_user(*, identity: ScimUser, body: Any, actor: Actor, now: datetime) ->
                 400, "An operation without a path needs an object value", "invalidValue"
             )
     for path, value in changes:
-        attribute = path.split(".")[0].split("[")[0].lower() if isinstance(path, str) else ""
+        attribute = path.split(".")[0].split("[")[0].lower()
         if path.lower().startswith(USER_SCHEMA.lower() + ":"):
             attribute = path[len(USER_SCHEMA) + 1 :].split(".")[0].lower()
+        elif path.lower().startswith("urn:"):
+            continue  # an extension schema (enterprise User...): nothing Keydesk keeps
         if attribute == "active":
             _set_active(identity, _active(value), actor=actor, now=now)
         elif attribute == "username":
