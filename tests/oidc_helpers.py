@@ -153,6 +153,7 @@ class CraftedProvider:
         self.discovery_override: dict | None = None
         self.raw_discovery: tuple[int, bytes, dict] | None = None
         self.token_requests: list[dict] = []
+        self.userinfo: dict | None = None
         self.hits: dict[str, int] = {}
         provider = self
 
@@ -176,6 +177,10 @@ class CraftedProvider:
                         status, body, headers = provider.raw_discovery
                         return self._send(status, body, headers)
                     return self._send(200, json.dumps(provider.discovery()).encode())
+                if path == "/me":
+                    if provider.userinfo is None:
+                        return self._send(401, b"{}")
+                    return self._send(200, json.dumps(provider.userinfo).encode())
                 if path == "/jwks":
                     keys = KeySet(provider.published).as_dict(private=False)
                     return self._send(200, json.dumps(keys).encode())
@@ -205,6 +210,7 @@ class CraftedProvider:
             "authorization_endpoint": f"{self.issuer}/auth",
             "token_endpoint": f"{self.issuer}/token",
             "jwks_uri": f"{self.issuer}/jwks",
+            "userinfo_endpoint": f"{self.issuer}/me",
             "response_types_supported": ["code"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],

@@ -871,3 +871,30 @@ def scim_token_count() -> int:
     from app.models import ScimToken
 
     return len(db.session.execute(select(ScimToken)).all())
+
+
+@pytest.mark.parametrize(
+    "userinfo, status, words",
+    [
+        ({"sub": "subject-1", "email": "info@acme.example", "email_verified": True}, 302, ""),
+        ({"sub": "someone-else", "email": "info@acme.example", "email_verified": True}, 400,
+         "does not match the ID token (sub)"),
+        ({"sub": "subject-1", "email": "info@acme.example", "email_verified": False}, 403,
+         "has not verified"),
+        (None, 400, "does not match"),
+    ],
+)  # fmt: skip
+def test_email_from_the_userinfo_endpoint_when_the_id_token_has_none(
+    app, client, crafted, userinfo, status, words
+):
+    create_user(app)
+    configure(app, crafted.issuer)
+    crafted.userinfo = userinfo
+    params = _start(client)
+    token = crafted.sign(crafted.claims(params["nonce"], email=None, email_verified=None))
+    response = _finish(client, crafted, params, token)
+    assert response.status_code == status
+    if status == 302:
+        assert signed_in_as(client) == "info@acme.example"
+    else:
+        assert words in refusal_text(response) and signed_in_as(client) is None

@@ -179,6 +179,11 @@ def finish(
         allow_private=allow_private,
         now=now,
     )
+    if "email" not in claims and provider.userinfo_endpoint and token.get("access_token"):
+        claims = _with_userinfo(
+            claims, provider=provider, access_token=token["access_token"],
+            allow_private=allow_private,
+        )  # fmt: skip
     user, created = _user_for(tenant=tenant, config=config, claims=claims, actor=actor, now=now)
     return SignedIn(
         user=user, created=created, next_url=attempt.next_url, subject=str(claims["sub"])[:255]
@@ -249,6 +254,36 @@ def _exchange(
                 reason="token_unreadable", status=502,
             ) from None  # fmt: skip
     return dict(token)
+
+
+def _with_userinfo(claims: dict, *, provider: Provider, access_token: str, allow_private: bool):
+    """Some providers keep email claims for the userinfo endpoint (OIDC Core §5.4 for the
+    code flow). Its answer counts only for the ID token's own subject (§5.3.2)."""
+    http = outbound.session(allow_private=allow_private)
+    with http:
+        try:
+            response = http.get(
+                provider.userinfo_endpoint,
+                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+                timeout=outbound.TIMEOUT,
+                allow_redirects=False,
+            )
+            info = response.json() if response.status_code == 200 else None
+        except requests.RequestException as exc:
+            message = outbound.describe(exc, "The provider's userinfo endpoint")
+            raise SsoRefused(message, reason="provider_unreachable", status=502) from None
+        except ValueError:
+            info = None
+    if not isinstance(info, dict) or info.get("sub") != claims.get("sub"):
+        raise SsoRefused(
+            "The identity provider's user info does not match the ID token (sub).",
+            reason="userinfo",
+        )
+    merged = dict(claims)
+    for name in ("email", "email_verified"):
+        if name in info:
+            merged[name] = info[name]
+    return merged
 
 
 # --- the ID token -------------------------------------------------------------------
