@@ -439,3 +439,11 @@ def _spread(server, key: str, expect: int, *, workers: int, timeout: float = 30)
                 if status == expect and path == "/api/v1/me"
             }
     return pids
+
+
+def test_create_inactive_then_the_provider_sees_it_inactive(app, client, token):
+    created = call(client, "POST", "/Users", token, {"userName": "later@example.com",
+                                                     "active": False})  # fmt: skip
+    assert created.status_code == 201 and created.get_json(force=True)["active"] is False
+    with app.app_context():
+        assert not accounts.get_user_by_email("later@example.com").is_active

@@ -881,7 +881,7 @@ def scim_token_count() -> int:
          "does not match the ID token (sub)"),
         ({"sub": "subject-1", "email": "info@acme.example", "email_verified": False}, 403,
          "has not verified"),
-        (None, 400, "does not match"),
+        (None, 400, "sent no email address"),
     ],
 )  # fmt: skip
 def test_email_from_the_userinfo_endpoint_when_the_id_token_has_none(

@@ -274,7 +274,9 @@ def _with_userinfo(claims: dict, *, provider: Provider, access_token: str, allow
             raise SsoRefused(message, reason="provider_unreachable", status=502) from None
         except ValueError:
             info = None
-    if not isinstance(info, dict) or info.get("sub") != claims.get("sub"):
+    if not isinstance(info, dict):
+        return claims  # no usable answer: the ID token's claims decide (no email: refused)
+    if info.get("sub") != claims.get("sub"):
         raise SsoRefused(
             "The identity provider's user info does not match the ID token (sub).",
             reason="userinfo",
