@@ -62,6 +62,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.auth import bp as auth_bp
     from app.device import bp as device_bp
     from app.portal import bp as portal_bp
+    from app.sso.scim_views import bp as scim_bp
+    from app.sso.views import bp as sso_bp
     from app.twofactor import bp as twofactor_bp
     from app.twofactor import gate as twofactor_gate
 
@@ -71,6 +73,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(invites_bp)
     app.register_blueprint(twofactor_bp)
     app.register_blueprint(device_bp)
+    app.register_blueprint(sso_bp)
+    app.register_blueprint(scim_bp)
     init_api(app)
     _browser_only(app, browser_hooks)
     twofactor_gate.init_app(app)
@@ -90,8 +94,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 # The blueprints of the browser portal: CSRF-checked forms and session cookies. Every
-# route that changes state outside /api/ must live in one of them (a test checks).
-BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites", "twofactor", "device")
+# route that changes state outside /api/ and /scim/ must live in one of them (a test
+# checks). /scim/v2 (app/sso/scim_views.py) is, like /api/, for machines: a bearer token,
+# no cookie session (app/web.py), so no CSRF check applies there.
+BROWSER_BLUEPRINTS = ("auth", "portal", "admin", "invites", "twofactor", "device", "sso")
+# Path prefixes served without a cookie session, to bearer tokens only.
+BEARER_ONLY_PREFIXES = ("/api/", "/scim/")
 
 
 def _hooks_added_by(app: Flask, init) -> list[tuple[str, object]]:

@@ -122,6 +122,10 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_DEVICE_POLL_INTERVAL": _whole(
             env, "KEYDESK_DEVICE_POLL_INTERVAL", 5, low=1, high=60
         ),
+        # SSO: off, a tenant admin's issuer URL may only reach https:// on public addresses.
+        "KEYDESK_SSO_ALLOW_PRIVATE_ISSUERS": _bool(
+            env.get("KEYDESK_SSO_ALLOW_PRIVATE_ISSUERS", "false")
+        ),
         # argon2id parameters (RFC 9106 second recommendation); tests lower them.
         "KEYDESK_ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
         # Secure cookies: always with KEYDESK_SECURE_COOKIES=true, else whenever the request

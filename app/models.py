@@ -346,3 +346,90 @@ class DeviceAuthorization(db.Model):
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
 
     user: Mapped[User | None] = relationship()
+
+
+class SsoConfig(db.Model):
+    """A tenant's OpenID Connect provider (SPEC "Single sign-on"). The client secret is sealed
+    with app/secretbox.py (it must be sent back to the provider); `provider` keeps the parts
+    of the discovery document that sign-in needs, as read and checked when it was saved."""
+
+    __tablename__ = "sso_configs"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(500))
+    client_id: Mapped[str] = mapped_column(String(255))
+    client_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    email_domains: Mapped[str] = mapped_column(Text, default="")  # space-separated
+    default_role: Mapped[str] = mapped_column(String(16), default="member")
+    enforce: Mapped[bool] = mapped_column(Boolean, default=False)
+    provider: Mapped[str] = mapped_column(Text, default="{}")  # JSON: endpoints, algorithms
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    updated_at: Mapped[datetime] = mapped_column(UnixTime)
+    updated_by: Mapped[str | None] = mapped_column(String(300))
+
+    tenant: Mapped[Tenant] = relationship()
+
+    @property
+    def domain_list(self) -> list[str]:
+        return self.email_domains.split()
+
+
+class SsoDomain(db.Model):
+    """Which tenant an email domain signs in through: one tenant per domain, so the domain
+    typed on /login picks exactly one provider (and no tenant can claim another's people)."""
+
+    __tablename__ = "sso_domains"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)  # lowercased
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+
+
+class SsoLogin(db.Model):
+    """One started SSO sign-in: the state (only its SHA-256), the nonce and the PKCE
+    verifier (sealed). `used_at` is set by one conditional UPDATE, so a replayed callback
+    finds it used, whatever the browser's cookie still holds."""
+
+    __tablename__ = "sso_logins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    nonce: Mapped[str] = mapped_column(String(128))
+    code_verifier_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    next_url: Mapped[str | None] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(UnixTime, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UnixTime)
+
+
+class ScimToken(db.Model):
+    """A tenant's SCIM bearer token (`<prefix>s_<id>_<secret><checksum>`): only the HMAC of
+    the secret is stored, as for API keys. A new token ends the previous one."""
+
+    __tablename__ = "scim_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    created_by: Mapped[str | None] = mapped_column(String(300))
+    revoked_at: Mapped[datetime | None] = mapped_column(UnixTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UnixTime)
+
+
+class ScimUser(db.Model):
+    """The SCIM face of a user: a public random `scim_id` (database ids never leave the
+    server), the provider's `externalId`, and `deleted_at` once the provider DELETEd it
+    (the user is deactivated, never removed: the audit log still names them)."""
+
+    __tablename__ = "scim_users"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    scim_id: Mapped[str] = mapped_column(String(36), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UnixTime)
+    updated_at: Mapped[datetime] = mapped_column(UnixTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UnixTime)
+
+    user: Mapped[User] = relationship()

@@ -55,9 +55,10 @@ class SessionInterface(SecureCookieSessionInterface):
         return has_request_context() and request.is_secure
 
     def open_session(self, app: Flask, request):
-        if request.path.startswith("/api/"):
-            # The same prefix as the CSRF-exempt API blueprint (app/api): a session there
-            # would be a cookie credential without CSRF protection. Keep the two in step.
+        if request.path.startswith(("/api/", "/scim/")):
+            # The same prefixes as the CSRF-exempt API and SCIM blueprints (app/api,
+            # app/sso/scim_views.py): a session there would be a cookie credential without
+            # CSRF protection. Keep them in step (app/__init__.py BEARER_ONLY_PREFIXES).
             return self.make_null_session(app)
         if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
             return self.session_class()
@@ -353,6 +354,11 @@ def http_error(exc: HTTPException):
         from app.api.errors import http_error_json
 
         return http_error_json(exc)
+    if request.path.startswith("/scim/"):
+        from app.sso.scim import ScimError
+        from app.sso.scim_views import error_response
+
+        return error_response(ScimError(exc.code or 500, MESSAGES.get(exc.code, exc.name)))
     status = exc.code or 500
     response = app_response(_error_page(status, MESSAGES.get(status, exc.name)))
     for name, value in exc.get_headers():
@@ -414,6 +420,11 @@ def database_down(error):
         response = error_response(
             503, "temporarily_unavailable", "The service is temporarily unavailable"
         )
+    elif request.path.startswith("/scim/"):
+        from app.sso.scim import ScimError
+        from app.sso.scim_views import error_response as scim_error_response
+
+        response = scim_error_response(ScimError(503, "The service is temporarily unavailable"))
     else:
         # A standalone page: the normal layout reads the signed-in user, i.e. the database.
         response = make_response(UNAVAILABLE_PAGE, 503)

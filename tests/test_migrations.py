@@ -29,6 +29,11 @@ TABLES = {
     "recovery_codes",
     "passkeys",
     "device_authorizations",
+    "sso_configs",
+    "sso_domains",
+    "sso_logins",
+    "scim_tokens",
+    "scim_users",
     "alembic_version",
 }
 PG_ADMIN_URL = os.environ.get(

@@ -99,19 +99,20 @@ def create_user(
     *,
     tenant: Tenant,
     email: str,
-    password: str,
+    password: str | None,
     role: str,
     now: datetime,
     actor: Actor,
     check_rules: bool = True,
 ) -> User:
+    """`password=None`: an account without a password (one that signs in by SSO)."""
     email = normalize_email(email)
     if role not in ("admin", "member"):
         raise InvalidInput("Role must be admin or member", field="role")
-    if check_rules:
+    if check_rules and password is not None:
         check_password_rules(password, email=email)
     # Hash first: "email taken" then costs what a new account costs (no timing oracle).
-    password_hash = hash_password(password)
+    password_hash = hash_password(password) if password is not None else None
     if email_taken(email):
         raise InvalidInput("An account with this email already exists", field="email")
     user = User(

@@ -13,4 +13,4 @@ def _admins_only() -> None:
         abort(403)
 
 
-from app.admin import routes  # noqa: E402,F401
+from app.admin import routes, sso  # noqa: E402,F401

@@ -1,5 +1,13 @@
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, HiddenField, IntegerField, SelectField
+from wtforms import (
+    BooleanField,
+    EmailField,
+    HiddenField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    StringField,
+)
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
@@ -40,3 +48,30 @@ class RoleForm(FlaskForm):
 
 class AcceptInviteForm(FlaskForm):
     password, confirm = new_password_fields("Choose a password")
+
+
+class SsoForm(FlaskForm):
+    issuer = StringField(
+        "Issuer URL",
+        validators=[DataRequired(message="Enter the provider's issuer URL"), Length(max=500)],
+        description="e.g. https://login.example.com/realms/acme; Keydesk reads its "
+        "/.well-known/openid-configuration.",
+    )
+    client_id = StringField(
+        "Client ID", validators=[DataRequired(message="Enter the client ID"), Length(max=255)]
+    )
+    client_secret = PasswordField(
+        "Client secret",
+        validators=[Length(max=1000)],
+        description="Write-only: never shown again. Leave empty to keep the stored one.",
+    )
+    email_domains = StringField(
+        "Email domains",
+        validators=[Length(max=2000)],
+        description="Space-separated, e.g. example.com example.org. People with these "
+        "addresses sign in through this provider and join as the default role.",
+    )
+    default_role = SelectField(
+        "Role of people who join by SSO", choices=[SelectChoice(r, r) for r in ("member", "admin")]
+    )
+    enforce = BooleanField("Members may sign in only by SSO")

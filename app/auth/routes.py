@@ -15,6 +15,7 @@ from app.clock import utcnow
 from app.errors import InvalidInput
 from app.extensions import db, limiter
 from app.net import client_ip
+from app.sso import service as sso
 from app.web_actor import request_actor
 
 GENERIC_LOGIN_ERROR = "Incorrect email or password."
@@ -122,6 +123,8 @@ def login():
         return redirect(safe_next(request.args.get("next")))
     form = LoginForm()
     error = None
+    if request.method == "POST" and request.form.get("sso"):
+        return _sso_login(form)
     if form.validate_on_submit():
         user = accounts.authenticate(
             email=form.email.data,
@@ -129,6 +132,16 @@ def login():
             now=utcnow(),
             actor=request_actor(),
         )
+        if user is not None and not sso.password_sign_in_allowed(user):
+            # Checked after the password, so this says nothing to someone who lacks it.
+            db.session.rollback()  # not a sign-in: drop its audit event and last_login_at
+            sso.record_password_refused(user=user, actor=request_actor(), now=utcnow())
+            db.session.commit()
+            error = (
+                f"{user.tenant.name} signs in through single sign-on: "
+                "enter your email and choose “Use single sign-on (SSO)”."
+            )
+            return render_template("auth/login.html", form=form, error=error), 403
         db.session.commit()  # the audit event of a failure is kept too
         if user is not None:
             target = safe_next(request.args.get("next") or request.form.get("next"))
@@ -145,6 +158,27 @@ def login():
         error = GENERIC_LOGIN_ERROR
     status = 401 if error else 200
     return render_template("auth/login.html", form=form, error=error), status
+
+
+def _sso_login(form: LoginForm):
+    """The "Use single sign-on" button: the email's domain picks the tenant and its provider."""
+    email = (request.form.get("email") or "").strip()
+    tenant = sso.tenant_for_email(email) if len(email) <= 254 else None
+    if tenant is None:
+        error = (
+            "Single sign-on is not set up for this email address's domain. "
+            "Sign in with your password, or ask your admin."
+        )
+        return render_template("auth/login.html", form=form, error=error), 400
+    args = {"login_hint": email}
+    next_url = request.args.get("next") or request.form.get("next")
+    if next_url:
+        args["next"] = safe_next(next_url)
+    target = url_for("sso.login", slug=tenant.slug, **args)
+    # A page, not a redirect: the CSP's form-action 'self' also covers every redirect that
+    # follows a form submission, so a chain from this POST to the provider's origin would be
+    # blocked. The page moves on by itself (meta refresh: a navigation of its own).
+    return render_template("sso/continue.html", target=target, tenant=tenant), 200
 
 
 @bp.post("/logout")

@@ -7,6 +7,7 @@ from flask import Flask, flash, redirect, request, url_for
 from flask_login import current_user
 
 from app.accounts import twofactor
+from app.auth.signin import current_session
 
 # What a member held back may still reach: the TOTP set-up, passkey registration, the
 # recovery codes page. Signing out lives in the auth blueprint, which is not gated.
@@ -27,6 +28,9 @@ def require_second_factor():
         return None
     if not twofactor.must_enroll(current_user):
         return None
+    live = current_session()
+    if live is not None and live.method == "sso":
+        return None  # SPEC: a tenant's require_2fa is satisfied by an SSO sign-in
     if request.method == "GET":
         flash(
             "Your organization requires two-factor authentication. Set up an authenticator "

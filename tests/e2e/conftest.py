@@ -78,6 +78,8 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
         "KEYDESK_LOGIN_RATE_LIMIT": "1000 per minute",
         "KEYDESK_AUTH_FAILURE_LIMIT": "1000 per minute",
         "KEYDESK_ALLOW_REGISTRATION": "true",
+        # tests/e2e/test_sso.py signs in through an OpenID provider on loopback (http://).
+        "KEYDESK_SSO_ALLOW_PRIVATE_ISSUERS": "true",
     }
     env.pop("FLASK_APP", None)
     live = LiveServer(url="", db_path=db_path, env=env)
