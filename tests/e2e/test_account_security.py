@@ -135,7 +135,7 @@ def test_password_change_signs_out_the_other_browser(new_context, axe_path):
     first.get_by_label("New password").fill("a completely new passphrase 5")
     first.get_by_label("Confirm password").fill("a completely new passphrase 5")
     first.get_by_role("button", name="Change password").click()
-    expect(first.get_by_role("status")).to_contain_text("Password changed")
+    expect(first.locator(".flashes")).to_contain_text("Password changed")
     second.goto("/keys")
     expect(second).to_have_url(re.compile(r"/login"))
     sign_in(second, email, "a completely new passphrase 5")
