@@ -306,9 +306,10 @@ class AuthFeed:
         targets, blocks = [], []
         for item in payload.split():
             if item.startswith("b:"):
-                _, until, ip = item.split(":", 2)
-                with suppress(ValueError):
-                    blocks.append((ip, float(until)))
+                _, until, ip = (item.split(":", 2) + ["", ""])[:3]
+                with suppress(ValueError):  # a malformed message is ignored, never fatal
+                    if ip:
+                        blocks.append((ip, float(until)))
             else:
                 targets.append(item)
         if targets:
