@@ -367,3 +367,25 @@ def test_feed_status_for_metrics(make_pg_app):
     assert status["state"] == "live" and 0 <= status["lag_seconds"] < feed.max_silence
     assert status["cached_keys"] == 1 and status["reconnects"] == 1
     assert auth_feed.status(None)["state"] == "off"
+
+
+def _row(pk: int, user: int = 1, tenant: int = 1) -> tuple:
+    row = [None] * 18
+    row[0], row[11], row[14] = pk, tenant, user
+    return tuple(row)
+
+
+def test_the_cache_refuses_a_row_read_across_an_eviction_and_stays_bounded():
+    cache = auth_feed.KeyCache(ttl=60, max_entries=3)
+    epoch = cache.epoch  # a lookup starts...
+    cache.evict(["k:99"])  # ...an eviction for any key runs meanwhile...
+    cache.put("a", _row(1), epoch, now=0.0)  # ...so what it read may be stale: not kept
+    assert cache.get("a", now=0.0) is None
+    for n, key_id in enumerate("abcd"):
+        cache.put(key_id, _row(n + 1, user=n + 1), cache.epoch, now=0.0)
+    assert len(cache) == 3 and cache.get("a", 0.0) is None  # the oldest went first
+    assert cache.get("b", now=61.0) is None  # past its lifetime
+    cache.evict(["u:3"])  # user 3's keys ("c")
+    assert cache.get("c", 0.0) is None and cache.get("d", 0.0) is not None
+    cache.evict(["t:1"])  # the tenant's keys: all of them
+    assert len(cache) == 0

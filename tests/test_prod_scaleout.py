@@ -249,3 +249,35 @@ def test_redis_unreachable_never_fails_an_api_call_on_postgresql(pg):
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def test_leases_shrink_to_one_hit_and_never_hand_out_more_than_the_limit(redis_prefix):
+    """Three workers' LeasedWindows on one Redis counter, taking turns at random."""
+    import random
+
+    from limits.storage import storage_from_string
+
+    from app.api.limits import LeasedWindows
+
+    storage = storage_from_string(REDIS_URL)
+    workers = [LeasedWindows(storage) for _ in range(3)]
+    key, limit, now = f"{redis_prefix}/key/100/60/k", 100, time.time()
+    sizes, admitted, chooser = [], 0, random.Random(7)
+    for _ in range(400):
+        worker = chooser.choice(workers)
+        before = worker.leases_taken
+        count, reset_at = worker.hit(key, 60, now, limit)
+        if worker.leases_taken > before:
+            lease = worker._leases[key]
+            sizes.append(lease[0] + (1 if count <= limit else 0))
+        admitted += count <= limit
+        assert now < reset_at <= now + 60
+    assert admitted == limit  # exactly the limit: none lost (all busy), none over
+    assert sizes[0] == limit // 16 and 1 in sizes  # shares shrink down to a single hit
+    assert sum(w.leases_taken for w in workers) < 60  # far fewer round trips than hits
+    # Once a worker has learned the window is spent, it refuses without asking Redis.
+    for worker in workers:
+        worker.hit(key, 60, now, limit)  # at most one more (empty) lease to learn it
+    taken = [w.leases_taken for w in workers]
+    assert all(w.hit(key, 60, now, limit)[0] > limit for w in workers for _ in range(10))
+    assert [w.leases_taken for w in workers] == taken

@@ -124,7 +124,7 @@ class Authenticator:
         self.cache: KeyCache | None = None
         self.feed: AuthFeed | None = None
         install_emitter()  # every write path, cache or not, goes through it
-        if cache_ttl and engine.dialect.name == "postgresql":
+        if cache_ttl is not None and cache_ttl > 0 and engine.dialect.name == "postgresql":
             self.cache = KeyCache(ttl=cache_ttl)
             conninfo = engine.url.set(drivername="postgresql").render_as_string(False)
             self.feed = AuthFeed(

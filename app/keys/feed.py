@@ -54,7 +54,7 @@ HEARTBEAT = 0.25  # seconds between heartbeats a listener sends itself
 MAX_SILENCE = 1.0  # no heartbeat back for this long: the feed counts as lagging
 RECONNECT_DELAY = 0.5
 DEFAULT_TTL = 60.0
-MAX_ENTRIES = 200_000
+MAX_ENTRIES = 50_000  # rows of ~1 KB: a bounded worst case of ~50 MB a worker
 # Columns whose change never alters an auth decision: bookkeeping written by the hot path
 # itself (usage) or by reminders and sign-in. Every other column of these tables evicts,
 # including columns added later (deny by default).
@@ -306,9 +306,10 @@ class AuthFeed:
         targets, blocks = [], []
         for item in payload.split():
             if item.startswith("b:"):
-                _, until, ip = item.split(":", 2)
-                with suppress(ValueError):
-                    blocks.append((ip, float(until)))
+                _, until, ip = (item.split(":", 2) + ["", ""])[:3]
+                with suppress(ValueError):  # a malformed message is ignored, never fatal
+                    if ip:
+                        blocks.append((ip, float(until)))
             else:
                 targets.append(item)
         if targets:
