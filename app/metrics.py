@@ -224,18 +224,20 @@ def _after_rollback(session) -> None:
 
 
 def export_feed_gauges(source) -> None:
-    """Copy an invalidation feed's state into this worker's gauges.
+    """Copy the invalidation feed's state (app/keys/feed.py) into this worker's gauges.
 
-    `source` is whatever object holds the feed (the Authenticator once it has a cache):
-    `feed_connected` (bool) and `feed_lag_seconds` (float) are read when it has them, so
-    this is a no-op until the scale-out work lands. Call it wherever the feed's state
-    changes (its listener loop), and /metrics calls it for the worker that answers."""
-    connected = getattr(source, "feed_connected", None)
-    if connected is not None:
-        FEED_UP.set(1 if connected else 0)
-    lag = getattr(source, "feed_lag_seconds", None)
-    if lag is not None:
-        FEED_LAG.set(float(lag))
+    `source` holds the feed (the Authenticator; its `feed` is None on SQLite, which has no
+    cache). /metrics calls it for the worker that answers: "connected" means the worker
+    may serve from its key cache (state "live"), not merely that a socket is open."""
+    feed = getattr(source, "feed", None)
+    if feed is None:
+        return
+    from app.keys.feed import status
+
+    info = status(feed)
+    FEED_UP.set(1 if info["state"] == "live" else 0)
+    if info["lag_seconds"] is not None:
+        FEED_LAG.set(float(info["lag_seconds"]))
 
 
 # --- the request histogram ------------------------------------------------------------

@@ -179,6 +179,23 @@ def test_keys_issued_revoked_and_leaked_are_counted_at_commit(app, client, user)
 
 
 @pytest.mark.parametrize("app_config", METRICS, indirect=True)
+def test_invalidation_feed_state_is_exported(app, client, user):
+    """On PostgreSQL the worker's key cache rides a feed: /metrics says whether this worker
+    hears it (and so may serve from its cache); SQLite has no cache: the gauge stays 0."""
+    key = issue_key(app, scopes=("api:read",))
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 200
+    samples = scrape(client)
+    connected = [
+        v for (name, _), v in samples.items() if name == "keydesk_invalidation_feed_connected"
+    ]
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        assert app.extensions["keydesk.authenticator"].feed is None
+        assert set(connected) <= {0.0}  # no cache to serve from
+    else:
+        assert connected and set(connected) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("app_config", METRICS, indirect=True)
 def test_request_histogram_labels_carry_no_ids(app, client, user):
     key = issue_key(app, scopes=("keys:read",))
     key_id = _key_id(key)
