@@ -6,7 +6,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask_login import current_user, login_required
 
 from app import audit, mail
-from app.accounts import credentials, twofactor
+from app.accounts import credentials, passkeys, twofactor
 from app.auth import bp
 from app.auth.forms import ForgotPasswordForm, ResetPasswordForm, SudoForm
 from app.auth.reset_mail import ResetJob, mailer
@@ -104,7 +104,13 @@ def sudo():
         error = SUDO_ERROR
     elif request.method == "POST":
         error = SUDO_ERROR
-    html = render_template("auth/sudo.html", form=form, error=error, next=target)
+    html = render_template(
+        "auth/sudo.html",
+        form=form,
+        error=error,
+        next=target,
+        has_passkey=bool(passkeys.passkey_count(current_user)),
+    )
     return html, 401 if error else 200
 
 
