@@ -18,7 +18,7 @@ from app.errors import InvalidInput
 from app.extensions import db, limiter
 from app.models import User
 from app.net import client_ip
-from app.web import NO_STORE
+from app.web import NO_STORE, public_url
 from app.web_actor import request_actor
 
 SUDO_ERROR = "That did not match. Enter your password again."
@@ -121,10 +121,14 @@ def reset_by_mail_available() -> bool:
     return mail.mail_configured()
 
 
-def _link_base() -> str:
-    # KEYDESK_BASE_URL when set: a link built from the Host header can be pointed at
-    # another site by whoever asks for the reset (see SECURITY.md).
-    return current_app.config.get("KEYDESK_BASE_URL") or request.url_root
+_SLOT = "T"  # stands for the token, made later on the reset-mail thread
+
+
+def _link_prefix() -> str:
+    # public_url: KEYDESK_BASE_URL when set (a link built from the Host header can be pointed
+    # at another site by whoever asks for the reset, see SECURITY.md), and the app's own path.
+    link = public_url("auth.reset_password", token=_SLOT)
+    return link.removesuffix(_SLOT)
 
 
 @bp.route("/forgot-password", methods=["GET", "POST"])
@@ -141,7 +145,7 @@ def forgot_password():
             job = ResetJob(
                 email=typed,
                 actor=request_actor(typed.lower(), "anonymous"),
-                base_url=_link_base(),
+                link_prefix=_link_prefix(),
             )
             mailer(current_app).submit(job)
         html = render_template("auth/forgot_sent.html", available=available)
