@@ -38,6 +38,7 @@ from app.auth.sudo import sudo_required
 from app.clock import to_unix, utcnow
 from app.errors import Conflict, InvalidInput, NotFound
 from app.extensions import db
+from app.sso import service as sso
 from app.twofactor import bp
 from app.twofactor.forms import ConfirmForm, EnableTotpForm, PasskeyNameForm, SecondFactorForm
 from app.web import NO_STORE
@@ -459,6 +460,16 @@ def login_passkey():
         )
         db.session.commit()
         return _json_error(exc)
+    if not sso.password_sign_in_allowed(user):
+        # The tenant enforces SSO: a passkey is no more a way around it than a password
+        # (admins keep both as a way back in). The assertion stays spent (its counter moved).
+        sso.record_password_refused(user=user, actor=request_actor(), now=now, method="passkey")
+        db.session.commit()
+        message = (
+            f"{user.tenant.name} signs in through single sign-on: "
+            "enter your email and choose “Use single sign-on (SSO)”."
+        )
+        return _json_error(InvalidInput(message, field="passkey"), 403)
     user.last_login_at = now
     audit.record(
         "auth.login",
