@@ -346,7 +346,7 @@ def test_mail_worker_survives_a_failing_job(mail_app, user, caplog):
     from app.audit import Actor
     from app.auth.reset_mail import ResetJob
 
-    broken = ResetJob(email=user, actor=Actor.cli(), base_url=None)  # type: ignore[arg-type]
+    broken = ResetJob(email=user, actor=Actor.cli(), link_prefix=None)  # type: ignore[arg-type]
     mailer(app).submit(broken)
     assert mailer(app).drain()
     assert "password reset request failed" in caplog.text

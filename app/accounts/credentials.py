@@ -23,6 +23,7 @@ from app.audit import Actor
 from app.errors import InvalidInput
 from app.extensions import db
 from app.models import PasswordReset, User
+from app.sso import service as sso
 
 RESET_VALID_FOR = timedelta(hours=1)
 
@@ -30,11 +31,15 @@ RESET_VALID_FOR = timedelta(hours=1)
 class ResetUnusable(InvalidInput):
     """The reset link is unknown, used or expired (one answer for all: 410)."""
 
-    def __init__(self) -> None:
+    def __init__(self, message: str | None = None) -> None:
         super().__init__(
-            "This password reset link has expired or was already used. Ask for a new one.",
+            message
+            or "This password reset link has expired or was already used. Ask for a new one.",
             field="token",
         )
+
+
+SSO_ONLY = "{tenant} signs in through single sign-on: a password reset link cannot be used."
 
 
 def token_digest(token: str) -> str:
@@ -130,6 +135,20 @@ def request_reset(*, email: str, actor: Actor, now: datetime) -> tuple[User, str
             reason="deactivated" if user else "unknown_account",
         )
         return None
+    if not sso.password_sign_in_allowed(user):
+        # A password would not let them in (their tenant enforces SSO), so no link: the page
+        # still answers as for everyone, and the mailbox gets nothing to act on.
+        audit.record(
+            "user.password_reset_requested",
+            actor=actor,
+            now=now,
+            tenant_id=user.tenant_id,
+            target_type="user",
+            target=user.email,
+            sent=False,
+            reason="sso_enforced",
+        )
+        return None
     token = secrets.token_urlsafe(32)
     db.session.add(
         PasswordReset(
@@ -168,6 +187,9 @@ def find_reset(*, token: str, now: datetime) -> PasswordReset:
         or not reset.user.is_active
     ):
         raise ResetUnusable()
+    if not sso.password_sign_in_allowed(reset.user):
+        # A link mailed before the tenant turned enforcement on sets no password now.
+        raise ResetUnusable(SSO_ONLY.format(tenant=reset.user.tenant.name))
     return reset
 
 

@@ -209,16 +209,22 @@ def finish_registration(
 # --- authentication --------------------------------------------------------------------
 
 
-def authentication_options(*, rp: RelyingParty, user: User | None = None) -> tuple[str, bytes]:
+def authentication_options(
+    *, rp: RelyingParty, user: User | None = None, verify_user: bool | None = None
+) -> tuple[str, bytes]:
     """Options for navigator.credentials.get: for `user`'s passkeys (second factor, sudo) or,
-    without a user, for any discoverable passkey of this site (passwordless sign-in)."""
+    without a user, for any discoverable passkey of this site (passwordless sign-in).
+    `verify_user` asks for user verification (PIN or biometrics); by default only without a
+    user, where the passkey stands for both factors."""
     allow = [_descriptor(p) for p in list_passkeys(user)] if user is not None else None
+    if verify_user is None:
+        verify_user = user is None
     options = generate_authentication_options(
         rp_id=rp.id,
         timeout=TIMEOUT_MS,
         allow_credentials=allow,
         user_verification=UserVerificationRequirement.REQUIRED
-        if user is None
+        if verify_user
         else UserVerificationRequirement.PREFERRED,
     )
     return options_to_json(options), options.challenge
@@ -231,10 +237,14 @@ def finish_authentication(
     challenge: bytes,
     now: datetime,
     user: User | None = None,
+    verify_user: bool | None = None,
 ) -> tuple[User, Passkey]:
     """Check an assertion against `challenge`; returns the passkey's owner and the passkey.
     With `user`, the passkey must be theirs. A passwordless sign-in (no `user`) requires user
-    verification (PIN or biometrics): the passkey is then both factors at once."""
+    verification (PIN or biometrics): the passkey is then both factors at once; so does
+    `verify_user=True` (sudo mode by passkey alone)."""
+    if verify_user is None:
+        verify_user = user is None
     payload = _as_json(credential)
     try:
         parsed = parse_authentication_credential_json(payload)
@@ -260,7 +270,7 @@ def finish_authentication(
             expected_origin=rp.origin,
             credential_public_key=row.public_key,
             credential_current_sign_count=row.sign_count,
-            require_user_verification=user is None,
+            require_user_verification=verify_user,
         )
     except _BAD_INPUT:
         raise InvalidInput(REFUSED, field="passkey") from None

@@ -67,12 +67,20 @@ PAGE_LABELS = {"action": "Action", "actor": "Actor", "from": "From", "to": "To",
 # Every action Keydesk records (what `?action=` may name), beside those a tenant's own log
 # holds (events written by features added later are found there).
 ACTIONS = (
-    "auth.login", "auth.login_failed", "client_key.issued", "invite.accepted",
-    "invite.created", "invite.revoked", "key.allowed_ips_changed", "key.issued",
-    "key.leaked", "key.revoked", "key.rotated", "key.updated", "key.used_from_new_ip",
-    "keys.bulk_revoked", "member.deactivated", "member.role_changed", "policy.changed",
-    "resource.created", "resource.deleted", "seed.keys_created", "tenant.created",
-    "user.created",
+    "2fa.passkey_added", "2fa.passkey_removed", "2fa.passkey_renamed",
+    "2fa.recovery_codes_generated", "2fa.reset", "2fa.totp_disabled", "2fa.totp_enabled",
+    "auth.login", "auth.login_failed", "auth.password_verified", "auth.second_factor_failed",
+    "auth.sudo_failed", "auth.sudo_granted", "client_key.issued", "device.approved",
+    "device.denied", "invite.accepted", "invite.created", "invite.resent", "invite.revoked",
+    "key.allowed_ips_changed", "key.issued", "key.leaked", "key.revoked", "key.rotated",
+    "key.updated", "key.used_from_new_ip", "keys.bulk_revoked", "member.deactivated",
+    "member.role_changed", "policy.changed", "resource.created", "resource.deleted",
+    "scim.token_created", "scim.user_created", "scim.user_deactivated", "scim.user_deleted",
+    "scim.user_reactivated", "scim.user_renamed", "seed.keys_created", "session.revoked",
+    "session.revoked_others", "sso.config_changed", "sso.config_removed", "sso.password_refused",
+    "sso.refused", "sso.signed_in", "tenant.created", "user.created", "user.password_changed",
+    "user.password_reset", "user.password_reset_requested", "user.password_set",
+    "user_token.ended", "user_token.issued", "user_token.revoked",
 )  # fmt: skip
 EXPORT_FORMATS = ("csv", "json")
 

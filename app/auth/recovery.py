@@ -6,7 +6,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask_login import current_user, login_required
 
 from app import audit, mail
-from app.accounts import credentials, twofactor
+from app.accounts import credentials, passkeys, twofactor
 from app.auth import bp
 from app.auth.forms import ForgotPasswordForm, ResetPasswordForm, SudoForm
 from app.auth.reset_mail import ResetJob, mailer
@@ -18,7 +18,7 @@ from app.errors import InvalidInput
 from app.extensions import db, limiter
 from app.models import User
 from app.net import client_ip
-from app.web import NO_STORE
+from app.web import NO_STORE, public_url
 from app.web_actor import request_actor
 
 SUDO_ERROR = "That did not match. Enter your password again."
@@ -104,7 +104,13 @@ def sudo():
         error = SUDO_ERROR
     elif request.method == "POST":
         error = SUDO_ERROR
-    html = render_template("auth/sudo.html", form=form, error=error, next=target)
+    html = render_template(
+        "auth/sudo.html",
+        form=form,
+        error=error,
+        next=target,
+        has_passkey=bool(passkeys.passkey_count(current_user)),
+    )
     return html, 401 if error else 200
 
 
@@ -115,10 +121,14 @@ def reset_by_mail_available() -> bool:
     return mail.mail_configured()
 
 
-def _link_base() -> str:
-    # KEYDESK_BASE_URL when set: a link built from the Host header can be pointed at
-    # another site by whoever asks for the reset (see SECURITY.md).
-    return current_app.config.get("KEYDESK_BASE_URL") or request.url_root
+_SLOT = "T"  # stands for the token, made later on the reset-mail thread
+
+
+def _link_prefix() -> str:
+    # public_url: KEYDESK_BASE_URL when set (a link built from the Host header can be pointed
+    # at another site by whoever asks for the reset, see SECURITY.md), and the app's own path.
+    link = public_url("auth.reset_password", token=_SLOT)
+    return link.removesuffix(_SLOT)
 
 
 @bp.route("/forgot-password", methods=["GET", "POST"])
@@ -135,7 +145,7 @@ def forgot_password():
             job = ResetJob(
                 email=typed,
                 actor=request_actor(typed.lower(), "anonymous"),
-                base_url=_link_base(),
+                link_prefix=_link_prefix(),
             )
             mailer(current_app).submit(job)
         html = render_template("auth/forgot_sent.html", available=available)

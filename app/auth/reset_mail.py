@@ -36,7 +36,9 @@ EXTENSION = "keydesk.reset_mailer"
 class ResetJob:
     email: str
     actor: Actor
-    base_url: str  # e.g. https://keys.example.com/ (ends with a slash)
+    # The link without its token, e.g. https://keys.example.com/reset-password/ — built in the
+    # request by app.web.public_url, as every mailed link is (the worker has no request).
+    link_prefix: str
 
 
 def reset_message(*, to: str, link: str, sender: str) -> EmailMessage:
@@ -113,7 +115,7 @@ class ResetMailer:
         if found is None:
             return
         user, token = found
-        link = job.base_url.rstrip("/") + f"/reset-password/{token}"
+        link = job.link_prefix + token
         message = reset_message(to=user.email, link=link, sender=mail.sender_address())
         try:
             mail.send_configured([message])

@@ -312,7 +312,12 @@ def _public_fields(config: SsoConfig) -> dict:
     }
 
 
-def record_password_refused(*, user: User, actor: Actor, now: datetime) -> None:
+def record_password_refused(
+    *, user: User, actor: Actor, now: datetime, method: str | None = None
+) -> None:
+    """A sign-in refused because the tenant enforces SSO; `method` names a way other than
+    the password (e.g. "passkey")."""
+    extra = {"method": method} if method else {}
     audit.record(
         "sso.password_refused",
         actor=Actor("anonymous", user.email, actor.ip, actor.user_agent),
@@ -321,4 +326,5 @@ def record_password_refused(*, user: User, actor: Actor, now: datetime) -> None:
         target_type="user",
         target=user.email,
         reason="sso_enforced",
+        **extra,
     )

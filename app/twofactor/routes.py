@@ -33,11 +33,12 @@ from app.auth.routes import (
     second_step_account_limit,
     sign_in_ip_limit,
 )
-from app.auth.signin import complete_sign_in
+from app.auth.signin import complete_sign_in, renew_session
 from app.auth.sudo import sudo_required
 from app.clock import to_unix, utcnow
 from app.errors import Conflict, InvalidInput, NotFound
 from app.extensions import db
+from app.sso import service as sso
 from app.twofactor import bp
 from app.twofactor.forms import ConfirmForm, EnableTotpForm, PasskeyNameForm, SecondFactorForm
 from app.web import NO_STORE
@@ -459,6 +460,16 @@ def login_passkey():
         )
         db.session.commit()
         return _json_error(exc)
+    if not sso.password_sign_in_allowed(user):
+        # The tenant enforces SSO: a passkey is no more a way around it than a password
+        # (admins keep both as a way back in). The assertion stays spent (its counter moved).
+        sso.record_password_refused(user=user, actor=request_actor(), now=now, method="passkey")
+        db.session.commit()
+        message = (
+            f"{user.tenant.name} signs in through single sign-on: "
+            "enter your email and choose “Use single sign-on (SSO)”."
+        )
+        return _json_error(InvalidInput(message, field="passkey"), 403)
     user.last_login_at = now
     audit.record(
         "auth.login",
@@ -473,3 +484,56 @@ def login_passkey():
     target = safe_next(body.get("next") if isinstance(body.get("next"), str) else None)
     complete_sign_in(user, method="passkey")
     return jsonify(ok=True, redirect=target)
+
+
+# --- sudo mode by passkey (/sudo's other way) ---------------------------------------------
+# The passkey alone re-authenticates, with user verification (PIN or biometrics) required,
+# as for a passwordless sign-in: possession of the key and the person holding it.
+
+
+@bp.post("/sudo/passkey/options")
+@login_required
+def sudo_passkey_options():
+    if not passkeys.passkey_count(current_user):
+        return _json_error(InvalidInput("You have no passkey to use here.", field="passkey"))
+    options, challenge = passkeys.authentication_options(
+        rp=relying_party(), user=current_user, verify_user=True
+    )
+    keep_challenge("sudo", challenge)
+    return current_app.response_class(options, mimetype="application/json")
+
+
+@bp.post("/sudo/passkey")
+@login_required
+@sign_in_ip_limit
+def sudo_passkey():
+    now = utcnow()
+    body = _body()
+    try:
+        challenge = take_challenge("sudo")
+        passkeys.finish_authentication(
+            rp=relying_party(), credential=body.get("credential"), challenge=challenge,
+            now=now, user=current_user, verify_user=True,
+        )  # fmt: skip
+    except InvalidInput as exc:
+        db.session.rollback()
+        _sudo_audit("auth.sudo_failed", now=now)
+        db.session.commit()
+        return _json_error(exc)
+    renew_session(sudo=True)  # a new session id on re-authentication, as /sudo does
+    _sudo_audit("auth.sudo_granted", now=now)
+    db.session.commit()
+    target = safe_next(body.get("next") if isinstance(body.get("next"), str) else None)
+    return jsonify(ok=True, redirect=target)
+
+
+def _sudo_audit(action: str, *, now) -> None:
+    audit.record(
+        action,
+        actor=request_actor(),
+        now=now,
+        tenant_id=current_user.tenant_id,
+        target_type="user",
+        target=current_user.email,
+        method="passkey",
+    )
