@@ -144,3 +144,17 @@ def test_the_ceremony_needs_the_pages_csrf_token(app, client, user):
     )
     # Past the CSRF check: the answer is about the (missing) passkey.
     assert ok.status_code == 400 and ok.get_json()["field"] == "passkey"
+
+
+def test_with_passkeys_only_the_password_alone_is_no_sudo(app, signed_in, user, mine):
+    """A passkey is this account's second factor: the password form asks for no code, and
+    a right password alone (one factor) grants nothing; the passkey does."""
+    leave_sudo_mode(app, user)
+    page = signed_in.get("/sudo?next=/keys/new").get_data(as_text=True)
+    assert 'name="code"' not in page
+    refused = signed_in.post("/sudo?next=/keys/new", data={"password": PASSWORD})
+    assert refused.status_code == 401
+    assert "passkey" in refused.get_data(as_text=True)
+    assert not _in_sudo(signed_in)
+    answer, _ = _sudo_by_passkey(signed_in, mine)
+    assert answer.status_code == 200 and _in_sudo(signed_in)

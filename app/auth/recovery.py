@@ -22,6 +22,9 @@ from app.web import NO_STORE, public_url
 from app.web_actor import request_actor
 
 SUDO_ERROR = "That did not match. Enter your password again."
+PASSKEY_NEEDED = (
+    "Your account has a passkey: confirm with the passkey below (a password alone is one factor)."
+)
 
 
 def _limit() -> str:
@@ -42,8 +45,14 @@ def _typed_account_key() -> str:
 
 
 def has_second_factor(user: User) -> bool:
-    """Whether /sudo asks for `code` besides the password (TOTP or a passkey enrolled)."""
-    return twofactor.has_second_factor(user)
+    """Whether /sudo asks for `code` besides the password: an authenticator app (or one of
+    its recovery codes). A user with passkeys only confirms with a passkey instead."""
+    return twofactor.has_totp(user)
+
+
+def passkey_only(user: User) -> bool:
+    """A second factor, but no code to type: the password alone is one factor, not sudo."""
+    return not twofactor.has_totp(user) and twofactor.has_second_factor(user)
 
 
 def _second_factor_ok(user: User, code: str) -> bool:
@@ -59,6 +68,8 @@ def _second_factor_ok(user: User, code: str) -> bool:
 def _reauthenticated(user: User, form: SudoForm) -> bool:
     """The one place /sudo decides: the password, and the second factor where there is one."""
     password_ok = credentials.check_current_password(user=user, password=form.password.data)
+    if passkey_only(user):
+        return False
     if not has_second_factor(user):
         return password_ok
     code = (form.code.data or "").strip()
@@ -101,7 +112,7 @@ def sudo():
             target=current_user.email,
         )
         db.session.commit()
-        error = SUDO_ERROR
+        error = PASSKEY_NEEDED if passkey_only(current_user) else SUDO_ERROR
     elif request.method == "POST":
         error = SUDO_ERROR
     html = render_template(
