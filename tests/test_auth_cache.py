@@ -337,6 +337,7 @@ ALLOWED_RAW = {
     "app/keys/authn.py": "the hot path's lookups: SELECT only",
     "app/keys/feed.py": "the listener's own connection; pg_notify inside a transaction",
     "app/database.py": "SQLite pragmas on connect",
+    "app/backup.py": "SQLite's online backup API reads the database; it writes only the copy",
 }
 
 

@@ -392,7 +392,7 @@ def test_end_user_tokens_and_deactivation_refuse_tokens(app, client, browser):
         reason = db.session.execute(
             select(ApiKey.revoke_reason).where(ApiKey.key_id == second.split("_")[1])
         ).scalar_one()
-    assert reason == "member_deactivated"
+    assert reason == "deactivated"  # ended with the user's sessions (sessions.end_user_sessions)
     assert client.get("/api/v1/me", headers=bearer(second)).status_code == 401
 
 

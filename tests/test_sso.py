@@ -272,7 +272,7 @@ def test_a_replayed_callback_is_refused(app, client, real_provider):
     assert replay.status_code == 400
     assert "already used" in refusal_text(replay)
     assert signed_in_as(client) is None
-    assert "_user_id" in signed_in_session  # the first answer did sign in
+    assert "keydesk_session" in signed_in_session  # the first answer did sign in
 
 
 def test_deactivated_users_cannot_sign_in_by_sso(app, client, real_provider):

@@ -130,14 +130,25 @@ class KeyRotate(Body):
     )
 
 
-class KeyUpdate(Body):
-    """PATCH: only the fields given change (app/api/keys.py update_key)."""
+def _optional(**schema) -> dict:
+    """A PATCH field: may be left out (no default in the document: absent means unchanged)."""
 
-    name: str = Field(None, **_doc(minLength=1, maxLength=100))
-    description: str | None = Field(None, **_doc(maxLength=100))
-    scopes: list[ScopeName] = Field(None, **_doc(minItems=1))
-    expires_at: UnixOrNull = None
-    allowed_ips: list[str] | None = Field(None, **_doc(maxItems=50))
+    def extra(s: dict) -> None:
+        s.pop("default", None)
+        s.update(schema)
+
+    return {"default": None, "json_schema_extra": extra}
+
+
+class KeyUpdate(Body):
+    """PATCH: only the fields given change; null clears description, expires_at (never)
+    and allowed_ips (any address). app/api/keys.py update_key parses it by hand for that."""
+
+    name: str = Field(**_optional(minLength=1, maxLength=100))
+    description: str | None = Field(**_optional(maxLength=100))
+    scopes: list[ScopeName] = Field(**_optional(minItems=1))
+    expires_at: UnixOrNull = Field(**_optional())
+    allowed_ips: list[str] | None = Field(**_optional(maxItems=50))
 
 
 class RevokeResult(Out):
