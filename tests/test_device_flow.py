@@ -352,6 +352,21 @@ def test_revoked_token_is_refused_at_its_next_request(client, browser):
     assert browser.post("/account/tokens/AAAAAAAAAAAA/revoke").status_code == 404
 
 
+def test_the_sessions_page_lists_and_ends_a_terminal(client, browser):
+    """SPEC: /account/sessions lists user access tokens, and POST
+    /account/sessions/<id>/revoke ends one at its next request."""
+    token = sign_in_terminal(client, browser)
+    token_id = token.split("_")[1]
+    page = browser.get("/account/sessions").get_data(as_text=True)
+    assert "Signed-in terminals" in page and token_id in page
+    ended = browser.post(f"/account/sessions/{token_id}/revoke", follow_redirects=True)
+    assert ended.status_code == 200 and "That terminal is signed out." in ended.get_data(
+        as_text=True
+    )
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+    assert browser.post("/account/sessions/AAAAAAAAAAAA/revoke").status_code == 404
+
+
 def test_another_users_token_cannot_be_revoked(app, client, browser):
     token = sign_in_terminal(client, browser)
     create_user(app, "mallory@example.com", tenant="evil")

@@ -139,12 +139,9 @@ def user_tokens():
     )
 
 
-@bp.post("/account/tokens/<key_id>/revoke")
-@login_required
-def revoke_user_token(key_id: str):
-    form = ConfirmForm()
-    if not form.validate_on_submit():
-        abort(400)
+def end_terminal(key_id: str) -> None:
+    """End one of the signed-in user's terminal sign-ins and say so (404 if not theirs);
+    also what /account/sessions/<id>/revoke does with a token's id."""
     try:
         tokens.revoke_user_token(
             user=current_user, key_id=key_id, now=utcnow(), actor=request_actor()
@@ -157,5 +154,14 @@ def revoke_user_token(key_id: str):
     else:
         db.session.commit()
         flash("That terminal is signed out.", "success")
+
+
+@bp.post("/account/tokens/<key_id>/revoke")
+@login_required
+def revoke_user_token(key_id: str):
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        abort(400)
+    end_terminal(key_id)
     back = request.form.get("back")
     return redirect(safe_next(back) if back else url_for("device.user_tokens"))

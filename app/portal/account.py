@@ -10,7 +10,7 @@ from app.auth.forms import ChangePasswordForm
 from app.auth.signin import current_session, renew_session, sign_out, timeouts
 from app.auth.sudo import sudo_required
 from app.clock import utcnow
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound
 from app.extensions import db
 from app.key_actions import ConfirmForm
 from app.keys import tokens
@@ -114,18 +114,9 @@ def revoke_session(session_id: str):
 
 def _revoke_terminal(key_id: str):
     """A terminal sign-in (user access token) listed on the same page, ended the same way."""
-    try:
-        tokens.revoke_user_token(
-            user=current_user, key_id=key_id, now=utcnow(), actor=request_actor()
-        )
-    except NotFound:
-        abort(404)
-    except Conflict as exc:
-        db.session.rollback()
-        flash(str(exc), "info")
-    else:
-        db.session.commit()
-        flash("That terminal is signed out.", "success")
+    from app.device.routes import end_terminal  # the device blueprint owns terminals
+
+    end_terminal(key_id)
     return redirect(url_for("portal.account_sessions"))
 
 
