@@ -23,12 +23,7 @@ def _bool(value: str) -> bool:
 def _positive(env, name: str, default: int) -> int:
     """A positive whole number (minutes, hours); refuse to start on anything else rather
     than run with sessions that never time out."""
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
-        raise ValueError(f"{name}={raw!r}: use a whole number from 1 to 100000")
-    return int(raw)
+    return _whole(env, name, default, low=1, high=100_000)
 
 
 def _whole(env, name: str, default: int, *, low: int, high: int) -> int:
