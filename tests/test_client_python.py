@@ -367,7 +367,8 @@ def test_require_key_decorator(keydesk):
     assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
     wrong = web.get("/deploy", headers={"Authorization": f"Bearer {_key(keydesk, 'api:read')}"})
     assert wrong.status_code == 403 and wrong.json["error"] == "insufficient_scope"
-    typo = web.get("/deploy", headers={"Authorization": f"Bearer {good[:-1]}x"})
+    typo_key = good[:-1] + ("x" if good[-1] != "x" else "y")  # a real typo: never the same key
+    typo = web.get("/deploy", headers={"Authorization": f"Bearer {typo_key}"})
     assert typo.status_code == 401 and typo.json["error"] == "invalid_token"
     basic = web.get("/deploy", headers={"Authorization": "Basic Zm9vOmJhcg=="})
     assert basic.status_code == 400
