@@ -457,7 +457,13 @@ def test_token_revocation_endpoint_signs_the_token_out(app, client, browser):
     assert error_of(client.post(url, data={"client_id": "x", "token": token})) == "invalid_client"
     # wrong, mistyped or foreign tokens: the same answer, nothing revoked
     key = issue_key(app)
-    for garbage in ("nope", token[:-1] + ("x" if token[-1] != "x" else "y"), key, token.replace("kdu_", "kd_"), "\u202e" * 50):
+    for garbage in (
+        "nope",
+        token[:-1] + ("x" if token[-1] != "x" else "y"),
+        key,
+        token.replace("kdu_", "kd_"),
+        "\u202e" * 50,
+    ):
         response = client.post(url, data={"client_id": "keydesk-cli", "token": garbage})
         assert response.status_code == 200 and response.json == {"revoked": True}
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200

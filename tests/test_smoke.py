@@ -33,4 +33,9 @@ def test_register_create_key_see_it_once_and_use_it(client):
 def test_api_key_from_service_authenticates(app, client, user):
     key = issue_key(app)
     assert client.get("/api/v1/me", headers=bearer(key)).json["key"]["scopes"] == ["api:read"]
-    assert client.get("/api/v1/me", headers=bearer(key[:-1] + ("x" if key[-1] != "x" else "y"))).status_code == 401
+    assert (
+        client.get(
+            "/api/v1/me", headers=bearer(key[:-1] + ("x" if key[-1] != "x" else "y"))
+        ).status_code
+        == 401
+    )
