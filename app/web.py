@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from inspect import CO_COROUTINE
+from types import FunctionType
 
 from flask import (
     Flask,
@@ -15,6 +17,8 @@ from flask import (
     render_template,
     request,
 )
+from flask import Response as FlaskResponse
+from flask.json.provider import DefaultJSONProvider
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import RateLimitExceeded
 from sqlalchemy import text
@@ -65,9 +69,65 @@ class SessionInterface(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
+class Response(FlaskResponse):
+    """Flask's response, whose buffered body goes to the server as it is: one bytes chunk
+    in a list, rather than wrapped in a generator and a ClosingIterator (what werkzeug does
+    for every body, streamed or not). A list cannot fail half-way, so LastResort need not
+    guard it either. Streamed bodies, HEAD, 1xx/204/304 and close callbacks: werkzeug's way.
+    """
+
+    def get_app_iter(self, environ):
+        body = self.response
+        if (
+            type(body) is list
+            and len(body) == 1
+            and type(body[0]) is bytes
+            and not self._on_close
+            and not self.direct_passthrough
+            and environ["REQUEST_METHOD"] != "HEAD"
+            and self.status_code >= 200
+            and self.status_code not in (204, 304)
+        ):
+            return body
+        return super().get_app_iter(environ)
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider with its compact encoder built once: Flask's builds a new
+    json.JSONEncoder on every jsonify() (every API response). Same output: sorted keys,
+    ASCII, no spaces, Flask's `default` for dates and the like; debug mode indents, as
+    Flask does."""
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__(app)
+        self._encode = json.JSONEncoder(
+            default=self.default, ensure_ascii=True, sort_keys=True, separators=(",", ":")
+        ).encode
+
+    def response(self, *args, **kwargs):
+        if self.compact is False or (self.compact is None and self._app.debug):
+            return super().response(*args, **kwargs)  # indented for reading
+        body = self._encode(self._prepare_response_obj(args, kwargs)) + "\n"
+        return self._app.response_class(body, mimetype=self.mimetype)
+
+
 class Keydesk(Flask):
     """Flask, answering automatic OPTIONS requests under /api/ with JSON like every other
     API response (here rather than in an after_request hook that every call would run)."""
+
+    response_class = Response
+    json_provider_class = JSONProvider
+
+    def ensure_sync(self, func):
+        # Flask asks inspect.iscoroutinefunction about every hook and view on every request
+        # (~1 µs each); a plain def without the coroutine flag or marker is answered here.
+        if (
+            type(func) is FunctionType
+            and not func.__code__.co_flags & CO_COROUTINE
+            and not hasattr(func, "_is_coroutine_marker")  # inspect.markcoroutinefunction
+        ):
+            return func
+        return super().ensure_sync(func)
 
     def make_default_options_response(self):
         response = super().make_default_options_response()
@@ -214,6 +274,8 @@ class LastResort:
                 raise
             self._log(environ)
             return self._plain_500(environ, start_response, sys.exc_info())
+        if type(body) is list:
+            return body  # a buffered body (app.web.Response): nothing left that could fail
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
             return body  # a static file: the server sends it with sendfile(), nothing to fail
