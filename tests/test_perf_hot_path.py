@@ -85,14 +85,34 @@ def _warm_up(client) -> None:
     assert client.get("/api/v1/me", headers=bearer(unknown)).status_code == 401
 
 
+COUNTER = "PRAGMA data_version"  # SQLite's commit counter, read before the cache serves
+
+
+def _lookups(statements: StatementLog) -> list[str]:
+    return [s for s in statements.sqlite if "FROM api_keys k" in s]
+
+
 @sqlite_only
-def test_valid_key_is_served_with_one_lookup(app, client, user, statements):
+def test_valid_key_is_served_with_one_statement(app, client, user, statements):
+    key = issue_key(app)
+    client.get("/api/v1/me", headers=bearer(key))  # first use: records last-used once
+    client.get("/api/v1/me", headers=bearer(key))  # that commit cleared the cache: a lookup
+    statements.clear()
+    response = client.get("/api/v1/me", headers=bearer(key))
+    assert response.status_code == 200
+    assert response.get_json()["user"]["email"] == user
+    assert statements.sqlite == [COUNTER]  # nothing committed since: served from the cache
+    assert statements.sqlalchemy == []
+
+
+@pytest.mark.parametrize("app_config", [{"KEYDESK_AUTH_CACHE_TTL": 0}], indirect=True)
+@sqlite_only
+def test_without_the_cache_a_valid_key_is_served_with_one_lookup(app, client, user, statements):
     key = issue_key(app)
     client.get("/api/v1/me", headers=bearer(key))  # first use: records last-used once
     statements.clear()
     response = client.get("/api/v1/me", headers=bearer(key))
     assert response.status_code == 200
-    assert response.get_json()["user"]["email"] == user
     assert len(statements.sqlite) == 1
     assert statements.sqlite[0].lstrip().upper().startswith("SELECT")
     assert statements.sqlalchemy == []
@@ -130,8 +150,8 @@ def test_refused_key_makes_exactly_one_lookup(app, client, user, statements, cas
     statements.clear()
     response = client.get("/api/v1/me", headers=bearer(key))
     assert response.status_code == 401
-    assert len(statements.sqlite) == 1
-    assert statements.sqlite[0].lstrip().upper().startswith("SELECT")
+    assert len(_lookups(statements)) == 1  # first seen: one lookup, and no write at all
+    assert sorted(statements.sqlite) == sorted([COUNTER, *_lookups(statements)])
     assert statements.sqlalchemy == []
 
 

@@ -10,8 +10,10 @@ Runs on every API call, so it stays small and avoids the ORM:
 4. revoked / expired / grace decided from that one row (scopes and IPs by the caller).
 On PostgreSQL the row comes from a per-worker cache while its invalidation feed is live
 (app/keys/feed.py): no round trip for a key seen recently, and a change to the key, its
-user or its tenant evicts it in every worker within milliseconds of the commit. The
-decision is always made afresh from the row and the clock, never cached.
+user or its tenant evicts it in every worker within milliseconds of the commit. On SQLite
+the same cache is cleared whenever SQLite's commit counter moved (app/keys/commits.py),
+asked on every call. The decision is always made afresh from the row and the clock, never
+cached.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy.exc import OperationalError
 from app.database import configure_engine
 from app.errors import KeyExpired, KeyInvalid, KeyRevoked
 from app.keys import format as keyformat
+from app.keys.commits import CommitWatch
 from app.keys.feed import AuthFeed, KeyCache, install_emitter
 
 _COLUMNS = (
@@ -118,11 +121,12 @@ class Authenticator:
         self._idle: list = []
         self._generation = 0  # close_connections() bumps it: older connections are closed
         self._lock = threading.Lock()
-        # The cache, only where a feed can keep it honest (PostgreSQL); cache_ttl None or 0
-        # turns it off. SQLite is one machine, and its lookup (13 µs) costs less than a
-        # feed would: it stays uncached (DESIGN.md "The hot path").
+        # The cache, only where something keeps it exact: on PostgreSQL the invalidation
+        # feed, on SQLite its commit counter, asked on every call (app/keys/commits.py).
+        # cache_ttl None or 0 turns it off.
         self.cache: KeyCache | None = None
         self.feed: AuthFeed | None = None
+        self.watch: CommitWatch | None = None
         install_emitter()  # every write path, cache or not, goes through it
         if cache_ttl is not None and cache_ttl > 0 and engine.dialect.name == "postgresql":
             self.cache = KeyCache(ttl=cache_ttl)
@@ -130,21 +134,29 @@ class Authenticator:
             self.feed = AuthFeed(
                 conninfo, self.cache, **({"heartbeat": heartbeat} if heartbeat else {})
             )
+        elif cache_ttl is not None and cache_ttl > 0 and engine.dialect.name == "sqlite":
+            self.cache = KeyCache(ttl=cache_ttl)
+            self.watch = CommitWatch(self.engine, self.cache)
 
     def feed_live(self) -> bool:
         return self.feed is not None and self.feed.live(time.monotonic())
 
     def row(self, key_id: str, live: bool | None = None) -> tuple | None:
-        """lookup(), served from the cache while the feed is live (fail closed otherwise).
-        `live`: feed_live() as the caller found it a moment ago (one check per request)."""
+        """lookup(), served from the cache while the feed is live or, on SQLite, nothing was
+        committed since the row was read (fail closed otherwise). `live`: feed_live() as
+        the caller found it a moment ago (one check per request)."""
         cache = self.cache
         if cache is None:
             return self.lookup(key_id)
         now = time.monotonic()
-        feed = self.feed
-        if not (feed.live(now) if live is None else live):
-            feed.ensure_started()  # cheap when running; a lookup meanwhile, as uncached
-            return self.lookup(key_id)
+        if self.watch is not None:
+            if not self.watch.fresh():  # clears the cache after any commit
+                return self.lookup(key_id)
+        else:
+            feed = self.feed
+            if not (feed.live(now) if live is None else live):
+                feed.ensure_started()  # cheap when running; a lookup meanwhile, as uncached
+                return self.lookup(key_id)
         row = cache.get(key_id, now)
         if row is None:
             epoch = cache.epoch  # read BEFORE the lookup: see KeyCache.put
@@ -206,6 +218,8 @@ class Authenticator:
         the idle connections."""
         if self.feed is not None:
             self.feed.stop()
+        if self.watch is not None:
+            self.watch.close()
         self.close_connections()
 
     def close_connections(self) -> None:
