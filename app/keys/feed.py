@@ -54,6 +54,7 @@ HEARTBEAT = 0.25  # seconds between heartbeats a listener sends itself
 MAX_SILENCE = 1.0  # no heartbeat back for this long: the feed counts as lagging
 RECONNECT_DELAY = 0.5
 DEFAULT_TTL = 60.0
+DRAIN_WAIT = 0.005  # seconds a request waits for the listener before looking its key up
 MAX_ENTRIES = 50_000  # rows of ~1 KB: a bounded worst case of ~50 MB a worker
 # Columns whose change never alters an auth decision: bookkeeping written by the hot path
 # itself (usage) or by reminders and sign-in. Every other column of these tables evicts,
@@ -173,29 +174,41 @@ class AuthFeed:
         self._conn = None
         self._fd: int | None = None
         self._start_lock = threading.Lock()
+        self._handling = threading.Lock()  # held while the connection is used: see _listen
         self._pid = None
 
     # --- what the hot path asks
 
     def live(self, now: float) -> bool:
-        """True while the cache may be served: connected, caught up, and nothing waiting
-        on the feed's socket. The last one closes the gap between a notification (or the
-        connection's end) reaching this process and the listener thread getting the GIL
-        to act on it (up to the interpreter's 5 ms switch interval): a request in that gap
-        looks its key up instead. One non-blocking poll, a few µs, no round trip."""
+        """True while the cache may be served: connected, caught up, and nothing read or
+        waiting on the feed's socket that is not handled yet. The last one closes the gap
+        between a notification (or the connection's end) reaching this process and the
+        listener thread getting the GIL to act on it (up to the interpreter's 5 ms switch
+        interval). In steady state it is one non-blocking poll, a few µs, no round trip.
+        When something is waiting (most often one of the feed's own heartbeats), the
+        request handles it itself under the listener's lock (held only while handling,
+        microseconds), then serves: a heartbeat never costs a lookup, and an eviction is
+        applied before the cache is read."""
         if not self.connected or now - self.confirmed_at > self.max_silence:
             return False
         fd = self._fd
         if fd is None:
             return False
-        try:
-            if fd < 1000:
-                return not select.select((fd,), (), (), 0)[0]
-            poller = select.poll()
-            poller.register(fd, select.POLLIN | select.POLLPRI)
-            return not poller.poll(0)
-        except (OSError, ValueError):
+        if not self._handling.locked() and not _readable(fd):
+            return True  # nothing arrived that the listener has not handled
+        # Let the listener finish what it is handling, then handle what waits, as it would.
+        if not self._handling.acquire(timeout=DRAIN_WAIT):
             return False
+        try:
+            conn = self._conn
+            if conn is None or self._fd != fd:
+                return False
+            self._drain(conn)
+        except Exception:  # noqa: BLE001 - the connection broke: the listener reconnects
+            return False
+        finally:
+            self._handling.release()
+        return self.connected and not _readable(fd)  # more arrived meanwhile: look it up
 
     def state(self) -> str:
         if not self.connected:
@@ -259,13 +272,16 @@ class AuthFeed:
                 if not self._stop.is_set():
                     log.warning("auth cache feed lost: %s", type(exc).__name__)
             finally:
-                self._conn = None
-                self._down()
-                with suppress(Exception):
-                    conn.close()
+                with self._handling:  # never closed under a request that drains it
+                    self._conn = None
+                    self._down()
+                    with suppress(Exception):
+                        conn.close()
             self._stop.wait(RECONNECT_DELAY)
 
     def _listen(self, conn) -> None:
+        import psycopg
+
         conn.execute(f"LISTEN {CHANNEL}")
         conn.execute(f"LISTEN {self._hb_channel}")
         self.backend_pid = conn.info.backend_pid
@@ -282,25 +298,44 @@ class AuthFeed:
             except Exception as exc:
                 log.warning("auth cache feed: on_connect failed: %s", type(exc).__name__)
         next_beat = 0.0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= next_beat:
-                beat = str(int(now * 1e6))
-                self._sent[beat] = now
-                conn.execute("SELECT pg_notify(%s, %s)", (self._hb_channel, beat))
-                next_beat = now + self.heartbeat
-            for note in conn.notifies(timeout=max(0.0, next_beat - time.monotonic())):
-                if note.channel == self._hb_channel:
-                    sent = self._sent.pop(note.payload, None)
-                    if sent is not None:
-                        self.confirmed_at = max(self.confirmed_at, sent)
-                        # Older beats that never came back are gone for good.
-                        for stale in [b for b, t in self._sent.items() if t < sent]:
-                            del self._sent[stale]
-                else:
-                    self._handle(note.payload)
-            if not self.connected:
-                return
+        waiting = select.poll()
+        waiting.register(self._fd, select.POLLIN | select.POLLPRI)
+        # Heartbeats go out on a connection of their own: the listening one then runs no
+        # query after LISTEN, so whenever _handling is free, everything read from its
+        # socket has been handled, and a request never waits on a heartbeat's round trip.
+        # Notifications are delivered in commit order whoever sent them, so a heartbeat
+        # that came back still proves that every earlier invalidation did.
+        with psycopg.connect(
+            self.conninfo, autocommit=True, application_name="keydesk-auth-heartbeat",
+            connect_timeout=5,
+        ) as sender:  # fmt: skip
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    beat = str(int(now * 1e6))
+                    with self._handling:
+                        self._sent[beat] = now
+                    sender.execute("SELECT pg_notify(%s, %s)", (self._hb_channel, beat))
+                    next_beat = now + self.heartbeat
+                with self._handling:
+                    self._drain(conn)
+                if not self.connected:
+                    return
+                # Wait for data with no lock held (poll releases the GIL).
+                waiting.poll(max(0.0, next_beat - time.monotonic()) * 1000)
+
+    def _drain(self, conn) -> None:
+        """Handle every notification read or waiting, without blocking (under _handling)."""
+        for note in conn.notifies(timeout=0):
+            if note.channel == self._hb_channel:
+                sent = self._sent.pop(note.payload, None)
+                if sent is not None:
+                    self.confirmed_at = max(self.confirmed_at, sent)
+                    # Older beats that never came back are gone for good.
+                    for stale in [b for b, t in self._sent.items() if t < sent]:
+                        del self._sent[stale]
+            else:
+                self._handle(note.payload)
 
     def _handle(self, payload: str) -> None:
         targets, blocks = [], []
@@ -318,6 +353,18 @@ class AuthFeed:
         if blocks and self.on_block is not None:
             for ip, until in blocks:
                 self.on_block(ip, until)
+
+
+def _readable(fd: int) -> bool:
+    """Whether data (or the connection's end) waits on `fd`: one non-blocking poll."""
+    try:
+        if fd < 1000:
+            return bool(select.select((fd,), (), (), 0)[0])
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True  # cannot tell: treat as waiting (the caller fails closed)
 
 
 def status(feed: AuthFeed | None) -> dict:
