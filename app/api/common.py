@@ -1,4 +1,4 @@
-"""Small helpers shared by the /api/v1 views: JSON bodies, typed fields, the audit actor,
+"""Small helpers shared by the /api/v1 views: JSON bodies, the audit actor,
 and resolving the tenant a request names."""
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from app.extensions import db
 from app.keys.authn import KeyContext
 from app.models import Tenant, User
 from app.web_actor import request_actor
-
-_MISSING = object()
 
 
 def _refuse_constant(name: str):
@@ -69,33 +67,6 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def field(data: dict, name: str, kind: type | tuple[type, ...], *, default: object = _MISSING):
-    """data[name] checked against `kind` (bool is never an int here); 400 naming the field."""
-    if name not in data or data[name] is None:
-        if default is _MISSING:
-            raise InvalidInput(f"Missing field: {name}", field=name)
-        return default
-    value = data[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        raise InvalidInput(f"Field {name} must be {_type_word(kinds)}", field=name)
-    return value
-
-
-def string_list(data: dict, name: str, *, default: object = _MISSING) -> list[str]:
-    value = field(data, name, list, default=default)
-    if value is default:
-        return value
-    if not all(isinstance(item, str) for item in value):
-        raise InvalidInput(f"Field {name} must be a list of strings", field=name)
-    return value
-
-
-def _type_word(kinds: tuple[type, ...]) -> str:
-    words = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
-    return " or ".join(words.get(k, k.__name__) for k in kinds)
 
 
 def key_actor(ctx: KeyContext | None = None) -> Actor:

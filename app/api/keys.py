@@ -10,7 +10,7 @@ from flask import g, jsonify
 
 from app.api import bp, schemas
 from app.api.auth import require_scopes
-from app.api.common import field, json_body, key_actor, key_owner, string_list
+from app.api.common import json_body, key_actor, key_owner
 from app.api.schemas import parse
 from app.clock import from_unix, utcnow
 from app.errors import InvalidInput
@@ -141,7 +141,7 @@ def rotate_key(slug: str, key_id: str):
     return _created(new_key, full_key, now)
 
 
-EDITABLE = ("name", "description", "scopes", "expires_at", "allowed_ips")
+EDITABLE = tuple(schemas.KeyUpdate.model_fields)  # declared once, in app/api/schemas.py
 MAX_UNIX = 2**40  # year 36812: beyond any expiry, and far inside every integer type
 
 
@@ -161,24 +161,18 @@ def update_key(slug: str, key_id: str):
         )
     if not data:
         raise InvalidInput("Send at least one of " + ", ".join(EDITABLE))
-    # By hand, not parse(KeyUpdate): in a PATCH a null clears a field (description,
-    # allowed_ips, expires_at) where parse() reads null as absent. KeyUpdate documents it.
-    changes: dict = {}
-    if "name" in data:
-        changes["name"] = field(data, "name", str)
-    if "description" in data:
-        changes["description"] = field(data, "description", str, default=None)
-    if "scopes" in data:
-        changes["scopes"] = string_list(data, "scopes")
-    if "expires_at" in data:
-        stamp = field(data, "expires_at", int, default=None)
+    # Validated by KeyUpdate with nulls as sent: in a PATCH a null clears a field.
+    body = schemas.validate(schemas.KeyUpdate, data)
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    if "expires_at" in changes:
+        stamp = changes["expires_at"]
         if stamp is not None and not 0 < stamp < MAX_UNIX:
             raise InvalidInput(
                 "expires_at must be Unix seconds in the future, or null", field="expires_at"
             )
         changes["expires_at"] = from_unix(stamp)
-    if "allowed_ips" in data:
-        changes["allowed_ips"] = _allowed_ips(string_list(data, "allowed_ips", default=None))
+    if "allowed_ips" in changes:
+        changes["allowed_ips"] = _allowed_ips(changes["allowed_ips"])
     key = keys.get_user_key(user=owner, key_id=key_id)
     now = utcnow()
     keys.update_key(

@@ -141,8 +141,8 @@ def _optional(**schema) -> dict:
 
 
 class KeyUpdate(Body):
-    """PATCH: only the fields given change; null clears description, expires_at (never)
-    and allowed_ips (any address). app/api/keys.py update_key parses it by hand for that."""
+    """PATCH: only the fields given change (`model_fields_set`); null clears description,
+    expires_at (never) and allowed_ips (any address); name and scopes cannot be null."""
 
     name: str = Field(**_optional(minLength=1, maxLength=100))
     description: str | None = Field(**_optional(maxLength=100))
@@ -351,7 +351,12 @@ def parse(model: type[M], *, required: bool = True) -> M:
 
     A field sent as null reads as absent (its default), as the API always did."""
     data = json_body(required=required)
-    data = {k: v for k, v in data.items() if v is not None}
+    return validate(model, {k: v for k, v in data.items() if v is not None})
+
+
+def validate(model: type[M], data: dict) -> M:
+    """`data` as `model`, nulls as sent (a PATCH's null clears a field: the fields sent are
+    the model's `model_fields_set`); InvalidInput naming the first bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
