@@ -134,7 +134,13 @@ class Authenticator:
             self.feed = AuthFeed(
                 conninfo, self.cache, **({"heartbeat": heartbeat} if heartbeat else {})
             )
-        elif cache_ttl is not None and cache_ttl > 0 and engine.dialect.name == "sqlite":
+        elif (
+            cache_ttl is not None
+            and cache_ttl > 0
+            and engine.dialect.name == "sqlite"
+            # An in-memory database is another one on every connection: never cached.
+            and engine.url.database not in (None, "", ":memory:")
+        ):
             self.cache = KeyCache(ttl=cache_ttl)
             self.watch = CommitWatch(self.engine, self.cache)
 
