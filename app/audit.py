@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from app.clock import to_unix
 from app.extensions import db
 from app.metrics import note_audited
-from app.models import AuditEvent
+from app.models import AuditEvent, User
 
 GENESIS = "0" * 64
 
@@ -100,6 +100,21 @@ def record(
     db.session.flush()
     note_audited(db.session, action)  # keydesk_keys_*_total, counted at commit
     return event
+
+
+def record_for_user(
+    action: str, *, user: User, actor: Actor, now: datetime, **details: object
+) -> None:
+    """record() an event about one user's own account (factors, passkeys), in its tenant."""
+    record(
+        action,
+        actor=actor,
+        now=now,
+        tenant_id=user.tenant_id,
+        target_type="user",
+        target=user.email,
+        **details,
+    )
 
 
 def record_many(

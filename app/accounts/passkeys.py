@@ -202,7 +202,7 @@ def finish_registration(
     )
     db.session.add(row)
     db.session.flush()
-    _audit("2fa.passkey_added", user=user, actor=actor, now=now, passkey=name)
+    audit.record_for_user("2fa.passkey_added", user=user, actor=actor, now=now, passkey=name)
     return row
 
 
@@ -298,7 +298,9 @@ def rename_passkey(
     new = clean_name(name)
     if new != row.name:
         old, row.name = row.name, new
-        _audit("2fa.passkey_renamed", user=user, actor=actor, now=now, before=old, after=new)
+        audit.record_for_user(
+            "2fa.passkey_renamed", user=user, actor=actor, now=now, before=old, after=new
+        )
     return row
 
 
@@ -307,7 +309,7 @@ def remove_passkey(*, user: User, passkey_id: int, now: datetime, actor: Actor) 
     name = row.name
     db.session.delete(row)
     db.session.flush()
-    _audit("2fa.passkey_removed", user=user, actor=actor, now=now, passkey=name)
+    audit.record_for_user("2fa.passkey_removed", user=user, actor=actor, now=now, passkey=name)
     return name
 
 
@@ -342,15 +344,3 @@ def _as_json(credential: object) -> dict:
     if not isinstance(credential, dict):
         raise InvalidInput("The passkey's answer was not understood.", field="passkey")
     return credential
-
-
-def _audit(action: str, *, user: User, actor: Actor, now: datetime, **details: object) -> None:
-    audit.record(
-        action,
-        actor=actor,
-        now=now,
-        tenant_id=user.tenant_id,
-        target_type="user",
-        target=user.email,
-        **details,
-    )

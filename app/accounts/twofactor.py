@@ -181,7 +181,9 @@ def enable_totp(*, user: User, secret: str, code: object, now: datetime, actor: 
         )
     )
     codes = _replace_recovery_codes(user=user, now=now)
-    _audit("2fa.totp_enabled", user=user, actor=actor, now=now, recovery_codes=len(codes))
+    audit.record_for_user(
+        "2fa.totp_enabled", user=user, actor=actor, now=now, recovery_codes=len(codes)
+    )
     return codes
 
 
@@ -191,7 +193,7 @@ def disable_totp(*, user: User, now: datetime, actor: Actor) -> bool:
     if not removed.rowcount:
         return False
     db.session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
-    _audit("2fa.totp_disabled", user=user, actor=actor, now=now)
+    audit.record_for_user("2fa.totp_disabled", user=user, actor=actor, now=now)
     return True
 
 
@@ -275,7 +277,9 @@ def regenerate_recovery_codes(*, user: User, now: datetime, actor: Actor) -> lis
     if not has_totp(user):
         raise Conflict("Turn on two-factor authentication first.")
     codes = _replace_recovery_codes(user=user, now=now)
-    _audit("2fa.recovery_codes_generated", user=user, actor=actor, now=now, count=len(codes))
+    audit.record_for_user(
+        "2fa.recovery_codes_generated", user=user, actor=actor, now=now, count=len(codes)
+    )
     return codes
 
 
@@ -340,17 +344,5 @@ def reset_second_factors(*, user: User, now: datetime, actor: Actor) -> dict[str
         "passkeys": db.session.execute(delete(Passkey).where(Passkey.user_id == user.id)).rowcount,
     }
     sessions.end_user_sessions(user=user, reason="2fa_reset", now=now)
-    _audit("2fa.reset", user=user, actor=actor, now=now, **removed)
+    audit.record_for_user("2fa.reset", user=user, actor=actor, now=now, **removed)
     return removed
-
-
-def _audit(action: str, *, user: User, actor: Actor, now: datetime, **details: object) -> None:
-    audit.record(
-        action,
-        actor=actor,
-        now=now,
-        tenant_id=user.tenant_id,
-        target_type="user",
-        target=user.email,
-        **details,
-    )
