@@ -103,8 +103,9 @@ def load_config(instance_path: str, env: dict[str, str] | None = None) -> dict:
         "KEYDESK_SESSION_IDLE_MINUTES": _positive(env, "KEYDESK_SESSION_IDLE_MINUTES", 60),
         "KEYDESK_SESSION_MAX_HOURS": _positive(env, "KEYDESK_SESSION_MAX_HOURS", 24),
         "KEYDESK_SUDO_MINUTES": _positive(env, "KEYDESK_SUDO_MINUTES", 120),
-        # PostgreSQL: seconds a worker may keep a looked-up key behind its invalidation feed
-        # (app/keys/feed.py); 0 turns the cache off. SQLite is never cached.
+        # Seconds a worker may keep a looked-up key: behind its invalidation feed on
+        # PostgreSQL (app/keys/feed.py), behind SQLite's commit counter on SQLite
+        # (app/keys/commits.py); 0 turns the cache off.
         "KEYDESK_AUTH_CACHE_TTL": float(env.get("KEYDESK_AUTH_CACHE_TTL", "60") or 0),
         # Usage (last used, daily counts) written on a thread of the worker, off the request.
         "KEYDESK_USAGE_BACKGROUND": _bool(env.get("KEYDESK_USAGE_BACKGROUND", "true")),

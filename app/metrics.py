@@ -226,8 +226,8 @@ def _after_rollback(session) -> None:
 def export_feed_gauges(source) -> None:
     """Copy the invalidation feed's state (app/keys/feed.py) into this worker's gauges.
 
-    `source` holds the feed (the Authenticator; its `feed` is None on SQLite, which has no
-    cache). /metrics calls it for the worker that answers: "connected" means the worker
+    `source` holds the feed (the Authenticator; its `feed` is None on SQLite, whose cache
+    needs none). /metrics calls it for the worker that answers: "connected" means the worker
     may serve from its key cache (state "live"), not merely that a socket is open."""
     feed = getattr(source, "feed", None)
     if feed is None:

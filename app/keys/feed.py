@@ -507,7 +507,7 @@ def _notify(conn, pending: list[str]) -> None:
     pending.clear()
     evict_locally(targets)  # again, for a row read by another thread since the statement
     if conn.dialect.name != "postgresql":
-        return  # SQLite: one machine, no cache (DESIGN.md); in-process eviction is all
+        return  # SQLite: its commit counter tells every worker (app/keys/commits.py)
     payload = " ".join(targets)
     if len(payload) > NOTIFY_PAYLOAD_MAX:
         payload = "*"
