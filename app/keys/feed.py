@@ -153,7 +153,8 @@ def evict_locally(targets: list[str]) -> None:
 
 
 class AuthFeed:
-    """One LISTEN connection per worker process, on a thread of its own."""
+    """One LISTEN connection per worker process, on a thread of its own (with a second
+    connection that sends the heartbeats)."""
 
     def __init__(self, conninfo: str, cache: KeyCache, *, heartbeat: float = HEARTBEAT) -> None:
         self.conninfo = conninfo
@@ -368,7 +369,8 @@ def _readable(fd: int) -> bool:
 
 
 def status(feed: AuthFeed | None) -> dict:
-    """For metrics and health pages (no I/O): `app.extensions["keydesk.authenticator"].feed`."""
+    """For metrics and health pages (no round trip): the `feed` of
+    `app.extensions["keydesk.authenticator"]`."""
     if feed is None:
         return {"state": "off", "lag_seconds": None, "reconnects": 0, "evictions": 0,
                 "cached_keys": 0}  # fmt: skip
