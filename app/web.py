@@ -162,12 +162,17 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 def refuse_nul_bytes() -> None:
     """400 for NUL anywhere in the input: PostgreSQL text cannot hold it (psycopg raises
     DataError, a 500), SQLite would store it, and no legitimate Keydesk input contains one."""
-    # Decoding the query string can only produce NUL from a raw NUL or from %00.
-    query = request.query_string
-    if "\x00" in request.path or (query and (b"%00" in query or b"\x00" in query)):
+    # Read from the WSGI environ once (each `request.` is a context-local lookup): the path
+    # as the server decoded it, the query string raw, where decoding can only produce NUL
+    # from a raw NUL or from %00.
+    environ = request.environ
+    path, query = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
+    if "\x00" in path or (query and ("%00" in query or "\x00" in query)):
         abort(400)
     # report-leak answers 202 to anything (it must be no oracle) and cleans what it keeps.
-    if request.method in ("POST", "PUT", "PATCH") and request.path != LEAK_REPORT_PATH:
+    if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH") and (
+        request.path != LEAK_REPORT_PATH  # as routing sees it ("//api/…" included)
+    ):
         # Read the raw body (cached, so views and form parsing still see it) rather than
         # request.form, which would consume the stream before a JSON view reads it.
         try:
@@ -190,6 +195,7 @@ _ALWAYS = tuple(
     )
 )
 _HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+_HSTS_LOWER = _HSTS[0].lower()
 
 
 class ResponseHeaders:
@@ -205,18 +211,17 @@ class ResponseHeaders:
 
     def __call__(self, environ, start_response):
         def start(status, headers, exc_info=None):
+            # One pass over the response's own headers (two or three for an API answer).
+            present = {name.lower(): value for name, value in headers}
             headers = list(headers)
-            present = {name.lower() for name, _ in headers}
             for name, lowered, value in _ALWAYS:
                 if lowered not in present:
                     headers.append((name, value))
             # ProxyFix (if configured) has already set the scheme the client used.
-            secure = environ.get("wsgi.url_scheme") in ("https", "wss")
-            if secure and _HSTS[0].lower() not in present:
+            if environ.get("wsgi.url_scheme") in ("https", "wss") and _HSTS_LOWER not in present:
                 headers.append(_HSTS)
-            if "cache-control" not in present and any(
-                name.lower() == "content-type" and value.startswith("text/html")
-                for name, value in headers
+            if "cache-control" not in present and present.get("content-type", "").startswith(
+                "text/html"
             ):
                 # Portal pages carry per-user data: never store them in shared caches.
                 headers.append(("Cache-Control", "no-store"))
