@@ -42,6 +42,17 @@ def test_security_headers_on_every_kind_of_response(app, signed_in):
         assert "Strict-Transport-Security" not in response.headers  # plain http
 
 
+def test_pages_are_never_stored_and_api_answers_keep_their_own_caching(app, signed_in):
+    """Every HTML page gets Cache-Control: no-store from the WSGI layer unless it set its
+    own; a JSON answer is left as it is (the middleware reads Content-Type to tell)."""
+    page = signed_in.get("/keys")
+    assert page.content_type.startswith("text/html")
+    assert page.headers.get_all("Cache-Control") == ["no-store"]
+    ping = signed_in.get("/api/v1/ping")
+    assert ping.content_type == "application/json" and "Cache-Control" not in ping.headers
+    assert ping.headers.get_all("X-Frame-Options") == ["DENY"]  # added once, not twice
+
+
 def test_pages_have_no_inline_script_or_event_handlers(app, signed_in):
     """CSP forbids them, so a page that used one would be broken in a browser."""
     key = issue_key(app)
