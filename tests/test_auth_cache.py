@@ -4,6 +4,8 @@ PostgreSQL and Redis: what is cached, what evicts it, and that it fails closed."
 from __future__ import annotations
 
 import re
+import select as io_select
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -154,6 +156,42 @@ def test_feed_killed_by_pg_terminate_backend_fails_closed(make_pg_app, pg):
     wait_for(lambda: feed.reconnects > reconnects and feed.state() == "live", what="reconnect")
     assert feed.backend_pid != listener
     assert client.get("/api/v1/me", headers=bearer(key)).status_code == 401
+
+
+def test_a_notification_the_listener_has_not_read_is_handled_by_the_request(
+    make_pg_app, pg, monkeypatch
+):
+    """The gap between a notification reaching the worker and its listener thread acting
+    on it: the request finds it waiting on the socket, handles it itself (the eviction
+    first), and the feed stays live; no lookup is spent on what only needed reading."""
+    app = make_pg_app()
+    create_user(app)
+    key = issue_key(app)
+    client = app.test_client()
+    _warm(app, client, key)
+    feed = app.extensions["keydesk.authenticator"].feed
+    real_drain = type(feed)._drain
+
+    def listener_stalls(self, conn):  # the listener thread never gets to read
+        if threading.current_thread().name == "keydesk-auth-feed":
+            self._handling.release()  # stalled as if without the GIL, not holding the lock
+            time.sleep(0.01)
+            self._handling.acquire()
+            return
+        real_drain(self, conn)
+
+    monkeypatch.setattr(type(feed), "_drain", listener_stalls)
+    _raw_revoke(pg, key)  # no emitter: only the notification below can evict
+    with pg_connect(pg.name) as conn:
+        conn.execute("SELECT pg_notify(%s, %s)", (auth_feed.CHANNEL, f"K:{_key_id(key)}"))
+    wait_for(lambda: io_select.select((feed._fd,), (), (), 0)[0], what="the notification")
+    assert _cached(app, key)  # still cached: nobody has read the notification yet
+    assert client.get("/api/v1/me", headers=bearer(key)).status_code == 401
+    # Evicted, looked up and cached again as revoked: the request read the notification
+    # and found the feed live. (Failing closed instead would have left the old row.)
+    row = app.extensions["keydesk.authenticator"].cache.get(_key_id(key), time.monotonic())
+    assert row is not None and row[9] is not None  # revoked_at (authn._COLUMNS)
+    assert not io_select.select((feed._fd,), (), (), 0)[0]  # the socket was read
 
 
 def test_a_lagging_feed_is_not_trusted(make_pg_app, pg, monkeypatch):
